@@ -97,7 +97,7 @@ class MetricsTracker(defaultdict):
     logs as "loss per frame".
     """
 
-    COUNT_KEYS = ("frames", "tokens", "utterances", "cif_tokens")
+    COUNT_KEYS = ("frames", "tokens", "utterances", "errors", "ref_units")
 
     def __init__(self, normalizers: Optional[Dict[str, str]] = None):
         super().__init__(float)

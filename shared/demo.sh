@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The main job, end to end, on a synthetic corpus in the real layout:
+#   synthesize -> prepare.sh (manifests, fbank, tokens) -> train.py -> decode.py -> WER/CER table.
+# Each recipe's run_demo.sh calls it from egs/<corpus>/ASR as `demo.sh <corpus>`.
+# DEMO_SCALE=default (about 25 minutes on 2 CPU cores) or large (hours on CPU, minutes on a GPU).
+# Any variable below can be overridden from the environment, e.g. NUM_EPOCHS=3 ./run_demo.sh.
+
+set -euo pipefail
+
+corpus=$1
+scale=${DEMO_SCALE:-default}
+
+case "$scale" in
+  default)
+    : "${SYNTH_HOURS:=1.0}" "${SYNTH_DEV_HOURS:=0.05}" "${SYNTH_TEST_HOURS:=0.1}"
+    : "${NUM_EPOCHS:=6}" "${AVG:=2}" "${MAX_DURATION:=60}"
+    ;;
+  large)
+    : "${SYNTH_HOURS:=10}" "${SYNTH_DEV_HOURS:=0.3}" "${SYNTH_TEST_HOURS:=0.5}"
+    : "${NUM_EPOCHS:=20}" "${AVG:=5}" "${MAX_DURATION:=120}"
+    ;;
+  *)
+    echo "Unknown DEMO_SCALE=$scale (use default or large)" >&2
+    exit 1
+    ;;
+esac
+: "${ENCODER_CONFIG:=tiny}" "${DECODER_TYPE:=cif_ce_ar}" "${BASE_LR:=0.045}"
+: "${LR_BATCHES:=1000}" "${LR_EPOCHS:=4}" "${SYNTH_VOCAB:=500}" "${SYNTH_SEED:=0}"
+: "${EXP_DIR:=zipformer_cif/exp-demo-$scale}" "${NUM_PLOTS:=3}"
+
+case "$corpus" in
+  librispeech)
+    : "${BPE_VOCAB:=256}"
+    lang_dir=data/lang_bpe_$BPE_VOCAB
+    prepare_opts=(--vocab-sizes "$BPE_VOCAB")
+    test_set=test-clean
+    metric=WER
+    ;;
+  aishell)
+    lang_dir=data/lang_char
+    prepare_opts=()
+    test_set=test
+    metric=CER
+    ;;
+  *)
+    echo "Unknown corpus '$corpus' (librispeech or aishell)" >&2
+    exit 1
+    ;;
+esac
+
+python=python3
+if [ -x ../../../.venv/bin/python3 ]; then
+  python=$(readlink -f ../../../.venv/bin/python3)
+fi
+
+log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (demo) $*"; }
+declare -A stage_seconds
+stage_order=()
+timed() {
+  local name=$1
+  shift
+  log "==================== $name ===================="
+  local start=$SECONDS
+  "$@"
+  stage_seconds[$name]=$((SECONDS - start))
+  stage_order+=("$name")
+  log "$name took ${stage_seconds[$name]} s"
+}
+
+device=cpu
+if "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  device=gpu
+fi
+log "Demo of the $corpus recipe (DEMO_SCALE=$scale, on $device): $SYNTH_HOURS h of synthetic speech, " \
+    "$NUM_EPOCHS epochs of the '$ENCODER_CONFIG' Zipformer with a $DECODER_TYPE decoder"
+
+timed "data: synthesize + prepare.sh" ./prepare.sh --stage 0 --stop-stage 3 --synthetic 1 \
+  --synth-hours "$SYNTH_HOURS" --synth-dev-hours "$SYNTH_DEV_HOURS" --synth-test-hours "$SYNTH_TEST_HOURS" \
+  --synth-seed "$SYNTH_SEED" --synth-opts "--vocab-size $SYNTH_VOCAB" --perturb-speed 0 \
+  --python "$python" "${prepare_opts[@]}"
+
+model_opts=(--encoder-config "$ENCODER_CONFIG" --decoder-type "$DECODER_TYPE")
+
+timed "train" "$python" ./zipformer_cif/train.py "${model_opts[@]}" \
+  --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --num-epochs "$NUM_EPOCHS" \
+  --max-duration "$MAX_DURATION" --base-lr "$BASE_LR" --lr-batches "$LR_BATCHES" --lr-epochs "$LR_EPOCHS" \
+  --warmup-batches 100 --average-period 10 --save-every-n 200 --keep-last-k 3 --log-interval 20 \
+  --num-workers 1 --enable-spec-aug 0 --start-epoch 1
+
+methods=(greedy_search)
+case "$DECODER_TYPE" in
+  cif_transducer) methods+=(modified_beam_search) ;;
+  *) methods+=(beam_search) ;;
+esac
+for method in "${methods[@]}"; do
+  plots=0
+  [ "$method" = greedy_search ] && plots=$NUM_PLOTS
+  timed "decode: $method" "$python" ./zipformer_cif/decode.py "${model_opts[@]}" \
+    --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" --use-averaged-model 1 \
+    --max-duration 200 --decoding-method "$method" --beam-size 4 --num-plots "$plots"
+done
+
+echo
+log "==================== Results ($metric on synthetic held-out speakers and sentences) ===================="
+printf "%-24s %-12s %8s\n" "method" "test set" "$metric"
+for method in "${methods[@]}"; do
+  for summary in "$EXP_DIR/$method"/wer-summary-*.txt; do
+    set_name=$(basename "$summary" .txt | sed -e 's/^wer-summary-//' -e 's/-epoch-.*//' -e 's/-iter-.*//')
+    rate=$(awk 'NR==2 {print $2}' "$summary")
+    printf "%-24s %-12s %8s\n" "$method" "$set_name" "$rate"
+  done
+done
+echo
+log "Wall time per stage:"
+for name in "${stage_order[@]}"; do
+  printf "  %-32s %6d s\n" "$name" "${stage_seconds[$name]}"
+done
+log "Result files: $PWD/$EXP_DIR/<method>/{recogs,errs,wer-summary}-*.txt"
+log "Training log and tensorboard: $PWD/$EXP_DIR/log, $PWD/$EXP_DIR/tensorboard"
+for plot_dir in "$EXP_DIR"/greedy_search/cif-plots-"$test_set"; do
+  [ -d "$plot_dir" ] && log "CIF weight plots: $PWD/$plot_dir/*.png"
+done
