@@ -13,6 +13,10 @@ RECIPE_DIR = REPO / "egs" / "librispeech" / "ASR" / "zipformer_cif"
 if str(RECIPE_DIR) not in sys.path:
     sys.path.insert(0, str(RECIPE_DIR))
 
+# The suite's tensors are tiny: a second intra-op thread only adds synchronisation, which on a
+# busy 2-core machine made small LSTM steps ~1000x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic_seed():

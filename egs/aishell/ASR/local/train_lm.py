@@ -1,0 +1,1 @@
+../../../librispeech/ASR/local/train_lm.py

@@ -1,0 +1,401 @@
+"""Batched beam searches over CIF vectors, LM shallow fusion and n-best LM rescoring.
+
+- `modified_beam_search` (cif_transducer): icefall's modified beam search with the CIF vectors
+  as frames: at most one symbol per frame, hypotheses with the same token sequence merged by
+  log-add.
+- `ce_beam_search` (cif_ce_ar / cif_ce_nar): label-synchronous beam, one token per CIF vector.
+  The AR decoder is re-run per step with its cache reordered; the NAR decoder's positions are
+  independent, so its beam is over per-position log-probs and only an LM makes it differ from
+  greedy search.
+- `lm` + `lm_scale` turn either into shallow fusion: each token's score gets
+  `lm_scale * log p_LM(token | history)` before the top-k, and the final scores get the LM's
+  `</s>` term.
+- `rescore_nbest`: adds `scale * log p_LM(sentence)` to the n-best of any beam search.
+
+The LM scores the text a hypothesis stands for. Ids that are not text (blank, `<sos/eos>`:
+never training targets, but a CE decoder can emit them and `Tokenizer.decode` drops them) do
+not advance the LM, so it never sees a sentence end in the middle of a hypothesis, and they
+are scored with the lowest LM log-prob of their row: skipping a token must not look cheaper
+to the LM than saying one (the LM's usual bias towards deletions).
+
+Beams are dense tensors, (N, K) scores and (N, K, L) tokens padded with -1, so every step
+works on the whole batch; empty beam slots hold a score of -inf. The only Python loop is over
+steps (CIF vectors). An LM is any object with the state API of `icefall_cif.lm`.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from icefall_cif.lm import select_lm_state, where_lm_state
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    """One search result: token ids and total log-score (acoustic + fused LM terms)."""
+
+    tokens: List[int]
+    score: float
+
+
+NBest = List[Hypothesis]
+
+
+# ---------------------------------------------------------------------- beam helpers
+def init_beam(
+    batch_size: int, beam_size: int, max_len: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An empty hypothesis in slot 0 of each utterance, slots 1.. unused.
+
+    Returns:
+      scores (N, K) (0 in slot 0, -inf elsewhere), tokens (N, K, max_len) all -1,
+      lens (N, K) zeros.
+    """
+    scores = torch.full((batch_size, beam_size), NEG_INF, device=device, dtype=dtype)
+    scores[:, 0] = 0.0
+    tokens = torch.full((batch_size, beam_size, max_len), -1, dtype=torch.int64, device=device)
+    lens = torch.zeros(batch_size, beam_size, dtype=torch.int64, device=device)
+    return scores, tokens, lens
+
+
+def last_tokens(tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """(N, K) last token of each hypothesis, -1 when empty; tokens (N, K, L), lens (N, K)."""
+    if tokens.size(2) == 0:
+        return torch.full_like(lens, -1)
+    last = tokens.gather(2, (lens - 1).clamp(min=0).unsqueeze(2)).squeeze(2)
+    return torch.where(lens > 0, last, torch.full_like(last, -1))
+
+
+def one_token_extensions(tokens: torch.Tensor, lens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Which hypotheses are another one plus one token.
+
+    Args:
+      tokens: (N, K, L) padded with -1; lens: (N, K); valid: (N, K) bool (live slots).
+    Returns:
+      (N, K, K) bool M with M[n, a, b] True iff hyp a == hyp b + [last token of a].
+    """
+    prefix = tokens.scatter(2, (lens - 1).clamp(min=0).unsqueeze(2), -1)
+    same = (prefix.unsqueeze(2) == tokens.unsqueeze(1)).all(dim=3)
+    return same & (lens > 0).unsqueeze(2) & valid.unsqueeze(2) & valid.unsqueeze(1)
+
+
+def merge_extensions(
+    stay: torch.Tensor, extend: torch.Tensor, matches: torch.Tensor, last: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Log-add the extension b + [c] into the hypothesis a that already equals it.
+
+    Args:
+      stay: (N, K) scores of keeping each hypothesis' token sequence unchanged.
+      extend: (N, K, V) scores of appending token v to hypothesis k.
+      matches: (N, K, K) from `one_token_extensions`.
+      last: (N, K) last token of each hypothesis (-1 when empty).
+    Returns:
+      stay with the matching extension scores log-added, and extend with those entries
+      set to -inf (they now live in `stay`), so that every candidate is a distinct sequence.
+    """
+    N, K, _ = extend.shape
+    index = last.clamp(min=0).unsqueeze(1).expand(N, K, K)  # [n, b, a] = last[n, a]
+    from_b = extend.gather(2, index).transpose(1, 2)  # [n, a, b] = extend[n, b, last[n, a]]
+    from_b = from_b.masked_fill(~matches, NEG_INF)
+    stay = torch.logaddexp(stay, torch.logsumexp(from_b, dim=2))
+    # Several a can share a last token, so count hits rather than scatter booleans.
+    hits = torch.zeros(extend.shape, dtype=torch.int64, device=extend.device)
+    hits.scatter_add_(2, index, matches.transpose(1, 2).to(torch.int64))
+    return stay, extend.masked_fill(hits > 0, NEG_INF)
+
+
+def reorder(x: torch.Tensor, parent: torch.Tensor) -> torch.Tensor:
+    """Rows of (N, K, ...) `x` picked by (N, K') parent slot indices -> (N, K', ...)."""
+    index = parent.view(*parent.shape, *([1] * (x.dim() - 2))).expand(*parent.shape, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def append_tokens(
+    tokens: torch.Tensor, lens: torch.Tensor, new: torch.Tensor, emit: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Append (N, K) `new` to the hypotheses where (N, K) bool `emit` is True."""
+    position = lens.clamp(max=tokens.size(2) - 1).unsqueeze(2)
+    current = tokens.gather(2, position).squeeze(2)
+    tokens = tokens.scatter(2, position, torch.where(emit, new, current).unsqueeze(2))
+    return tokens, lens + emit.to(lens.dtype)
+
+
+def beam_to_nbest(scores: torch.Tensor, tokens: torch.Tensor, lens: torch.Tensor) -> List[NBest]:
+    """Live hypotheses of each utterance, best first; scores (N, K), tokens (N, K, L), lens (N, K)."""
+    order = scores.argsort(dim=1, descending=True)
+    scores, tokens, lens = reorder(scores, order), reorder(tokens, order), reorder(lens, order)
+    out = []
+    for s_row, t_row, l_row in zip(scores.tolist(), tokens.tolist(), lens.tolist()):
+        out.append([Hypothesis(t[:n], s) for s, t, n in zip(s_row, t_row, l_row) if s != NEG_INF])
+    return out
+
+
+def best_hyps(nbest: List[NBest]) -> List[List[int]]:
+    """The first (best) hypothesis of each n-best list."""
+    return [hyps[0].tokens if hyps else [] for hyps in nbest]
+
+
+def _score_dtype(x: torch.Tensor) -> torch.dtype:
+    """Scores add up over many steps: float32 at least, float64 for a float64 model."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _check_beam_size(beam_size: int) -> None:
+    if beam_size < 1:
+        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+
+
+def _flat_parent_index(parent: torch.Tensor) -> torch.Tensor:
+    """(N, K) parent slots -> (N*K,) row indices into (N*K, ...) per-hypothesis tensors."""
+    N, K = parent.shape
+    return (torch.arange(N, device=parent.device).unsqueeze(1) * K + parent).view(-1)
+
+
+def _text_tokens(vocab_size: int, blank_id: int, lm, device: torch.device) -> torch.Tensor:
+    """(V,) bool, False at the ids that are not text: blank and the LM's <sos/eos>."""
+    mask = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    mask[blank_id] = False
+    mask[lm.sos_id] = False
+    mask[lm.eos_id] = False
+    return mask
+
+
+def _lm_term(lm_log_probs: torch.Tensor, is_text: torch.Tensor) -> torch.Tensor:
+    """(..., V) LM log-probs with the non-text ids set to the row's lowest log-prob."""
+    return torch.where(is_text, lm_log_probs, lm_log_probs.min(dim=-1, keepdim=True).values)
+
+
+def _lm_eos_scores(lm, lm_state, scores: torch.Tensor, lm_scale: float) -> torch.Tensor:
+    """Add lm_scale * log p_LM(</s> | hypothesis) to (N, K) scores."""
+    return scores + lm_scale * lm_state[0][:, lm.eos_id].view_as(scores)
+
+
+# ---------------------------------------------------------------------- transducer
+@torch.no_grad()
+def modified_beam_search(
+    model: nn.Module,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    beam_size: int = 4,
+    lm=None,
+    lm_scale: float = 0.0,
+) -> List[NBest]:
+    """Modified beam search of the CIF transducer, optionally with LM shallow fusion.
+
+    At each CIF vector every hypothesis is extended by blank or by one token; the
+    candidates are scored with the joiner's log-softmax (+ `lm_scale` * LM log-prob for
+    tokens), identical token sequences (h + blank and h' + token with h' + token == h) are
+    merged by log-add, and the best `beam_size` distinct sequences are kept. Unlike icefall,
+    which merges after its top-k and may keep fewer, the merge happens before the top-k.
+
+    Args:
+      model: a CifAsrModel with decoder_type "cif_transducer".
+      encoder_out: (N, T', C) from `model.forward_encoder`; encoder_out_lens (N,).
+      beam_size: K.
+      lm: optional LM (`icefall_cif.lm` state API) for shallow fusion.
+      lm_scale: its weight.
+    Returns:
+      per utterance, its final hypotheses best first.
+    """
+    _check_beam_size(beam_size)
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
+    cif, cif_lens = cif_out.cif, cif_out.cif_lens
+    decoder, joiner = model.decoder, model.joiner
+    blank, context_size = decoder.blank_id, decoder.context_size
+    N, U, _ = cif.shape
+    K = beam_size
+    device = cif.device
+
+    scores, tokens, lens = init_beam(N, K, U, device, _score_dtype(cif))
+    # As in greedy search: the first prediction sees [no token] * (context_size - 1) + [blank].
+    context = torch.full((N, K, context_size), -1, dtype=torch.int64, device=device)
+    context[:, :, -1] = blank
+    enc = joiner.encoder_proj(cif)  # (N, U, J)
+    if lm is not None:
+        lm_state = lm.init_state(N * K, device)
+        is_text = _text_tokens(model.vocab_size, blank, lm, device)
+
+    for t in range(U):
+        active = (t < cif_lens).view(N, 1)
+        dec = joiner.decoder_proj(decoder(context.view(N * K, context_size), need_pad=False))
+        logits = joiner(enc[:, t].unsqueeze(1), dec.view(N, K, -1), project_input=False)
+        cand = scores.unsqueeze(2) + logits.log_softmax(dim=-1)  # (N, K, V)
+        if lm is not None:
+            lm_term = _lm_term(lm_state[0].view(N, K, -1).to(cand.dtype), is_text)
+            # Blank is no emission: it is not scored by the LM at all.
+            lm_term[:, :, blank] = 0.0
+            cand = cand + lm_scale * lm_term
+
+        valid = scores > NEG_INF
+        matches = one_token_extensions(tokens, lens, valid)
+        stay, cand = merge_extensions(cand[:, :, blank], cand, matches, last_tokens(tokens, lens))
+        cand[:, :, blank] = stay
+        # Utterances past their last CIF vector keep their beam as it is.
+        frozen = torch.full_like(cand, NEG_INF)
+        frozen[:, :, blank] = scores
+        cand = torch.where(active.unsqueeze(2), cand, frozen)
+
+        V = cand.size(2)
+        top_scores, top_index = cand.view(N, K * V).topk(K, dim=1)
+        parent, new_token = top_index // V, top_index % V
+        emit = (new_token != blank) & (top_scores > NEG_INF)
+
+        scores = top_scores
+        tokens, lens = append_tokens(reorder(tokens, parent), reorder(lens, parent), new_token, emit)
+        shifted = torch.cat([reorder(context, parent)[:, :, 1:], new_token.unsqueeze(2)], dim=2)
+        context = torch.where(emit.unsqueeze(2), shifted, reorder(context, parent))
+        if lm is not None:
+            kept = select_lm_state(lm_state, _flat_parent_index(parent))
+            advanced = lm.advance(kept, new_token.view(-1))
+            lm_state = where_lm_state((emit & is_text[new_token]).view(-1), advanced, kept)
+
+    if lm is not None:
+        scores = _lm_eos_scores(lm, lm_state, scores, lm_scale)
+    return beam_to_nbest(scores, tokens, lens)
+
+
+# ---------------------------------------------------------------------- CE decoders
+@torch.no_grad()
+def ce_beam_search(
+    model: nn.Module,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    beam_size: int = 4,
+    lm=None,
+    lm_scale: float = 0.0,
+) -> List[NBest]:
+    """Label-synchronous beam search of the AR or NAR CE decoder, optionally with LM fusion.
+
+    One token per CIF vector, so every hypothesis of an utterance has exactly its CIF length:
+    there is no end-of-sentence decision for length normalisation to correct, and the search
+    ranks by the summed log-probs.
+
+    Args:
+      model: a CifAsrModel with decoder_type "cif_ce_ar" or "cif_ce_nar".
+      encoder_out: (N, T', C) from `model.forward_encoder`; encoder_out_lens (N,).
+      beam_size: K.
+      lm: optional LM (`icefall_cif.lm` state API) for shallow fusion.
+      lm_scale: its weight.
+    Returns:
+      per utterance, its final hypotheses best first.
+    """
+    _check_beam_size(beam_size)
+    if model.decoder_type not in ("cif_ce_ar", "cif_ce_nar"):
+        raise ValueError(f"ce_beam_search needs a CE decoder (cif_ce_ar or cif_ce_nar), got '{model.decoder_type}'")
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
+    cif, cif_lens = cif_out.cif, cif_out.cif_lens
+    N, U, _ = cif.shape
+    K = beam_size
+    device = cif.device
+    is_ar = model.decoder_type == "cif_ce_ar"
+
+    nar_log_probs = None
+    if not is_ar and U > 0:
+        nar_log_probs = model.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).log_softmax(dim=-1)
+    scores, tokens, lens = init_beam(N, K, U, device, _score_dtype(cif))
+    prev = torch.full((N * K,), model.blank_id, dtype=torch.int64, device=device)
+    cache: Optional[List[torch.Tensor]] = None
+    if lm is not None:
+        lm_state = lm.init_state(N * K, device)
+        is_text = _text_tokens(model.vocab_size, model.blank_id, lm, device)
+
+    for u in range(U):
+        active = (u < cif_lens).view(N, 1)
+        if is_ar:
+            logits, cache = model.ce_decoder.forward_step(cif[:, u].repeat_interleave(K, dim=0), prev, cache)
+            log_probs = logits.log_softmax(dim=-1).view(N, K, -1)
+        else:
+            log_probs = nar_log_probs[:, u].unsqueeze(1).expand(N, K, -1)
+        cand = scores.unsqueeze(2) + log_probs
+        if lm is not None:
+            cand = cand + lm_scale * _lm_term(lm_state[0].view(N, K, -1).to(cand.dtype), is_text)
+        # Utterances with fewer CIF vectors are complete: keep their beam unchanged.
+        frozen = torch.full_like(cand, NEG_INF)
+        frozen[:, :, model.blank_id] = scores
+        cand = torch.where(active.unsqueeze(2), cand, frozen)
+
+        V = cand.size(2)
+        top_scores, top_index = cand.view(N, K * V).topk(K, dim=1)
+        parent, new_token = top_index // V, top_index % V
+        emit = active & (top_scores > NEG_INF)
+
+        scores = top_scores
+        tokens, lens = append_tokens(reorder(tokens, parent), reorder(lens, parent), new_token, emit)
+        flat = _flat_parent_index(parent)
+        if is_ar:
+            cache = [c.index_select(0, flat) for c in cache]
+            prev = new_token.view(-1)
+        if lm is not None:
+            kept = select_lm_state(lm_state, flat)
+            advanced = lm.advance(kept, new_token.view(-1))
+            lm_state = where_lm_state((emit & is_text[new_token]).view(-1), advanced, kept)
+
+    if lm is not None:
+        scores = _lm_eos_scores(lm, lm_state, scores, lm_scale)
+    return beam_to_nbest(scores, tokens, lens)
+
+
+# ---------------------------------------------------------------------- n-best rescoring
+@torch.no_grad()
+def lm_hypothesis_scores(lm, seqs: List[List[int]], blank_id: int, device: torch.device) -> torch.Tensor:
+    """LM log-probs of hypotheses, `</s>` included, by the fusion rules of this module.
+
+    For hypotheses made of text ids only this equals `lm.score_sequences(seqs)`.
+
+    Args:
+      lm: an `icefall_cif.lm` LM.
+      seqs: B token-id lists.
+      blank_id: the model's blank (not text).
+    Returns:
+      (B,) natural log-probs.
+    """
+    B = len(seqs)
+    width = max((len(s) for s in seqs), default=0)
+    padded = torch.full((B, width), -1, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        padded[i, : len(s)] = torch.tensor(s, dtype=torch.int64)
+    padded = padded.to(device)
+    state = lm.init_state(B, device)
+    is_text = _text_tokens(state[0].size(1), blank_id, lm, device)
+    total = torch.zeros(B, device=device)
+    for j in range(width):
+        tok = padded[:, j]
+        present = tok >= 0
+        term = _lm_term(state[0].float(), is_text).gather(1, tok.clamp(min=0).unsqueeze(1)).squeeze(1)
+        total = total + torch.where(present, term, torch.zeros_like(term))
+        state = where_lm_state(present & is_text[tok.clamp(min=0)], lm.advance(state, tok.clamp(min=0)), state)
+    return total + state[0][:, lm.eos_id].float()
+
+
+@torch.no_grad()
+def rescore_nbest(
+    nbest: List[NBest], lm, scale: float, num_paths: int, blank_id: int = 0
+) -> List[List[int]]:
+    """Pick, per utterance, the best of its top `num_paths` hypotheses by score + scale * LM.
+
+    Args:
+      nbest: per utterance, hypotheses best first (from any beam search).
+      lm: an `icefall_cif.lm` LM.
+      scale: LM weight (`--nbest-scale`).
+      num_paths: how many hypotheses per utterance to rescore (`--num-paths`).
+      blank_id: the model's blank.
+    Returns:
+      the chosen token ids per utterance.
+    """
+    if num_paths < 1:
+        raise ValueError(f"num_paths must be >= 1, got {num_paths}")
+    kept = [hyps[:num_paths] for hyps in nbest]
+    flat = [h for hyps in kept for h in hyps]
+    if not flat:
+        return [[] for _ in nbest]
+    device = lm.init_state(1)[0].device
+    lm_scores = lm_hypothesis_scores(lm, [h.tokens for h in flat], blank_id, device).tolist()
+    out, start = [], 0
+    for hyps in kept:
+        totals = [h.score + scale * s for h, s in zip(hyps, lm_scores[start : start + len(hyps)])]
+        start += len(hyps)
+        out.append(hyps[max(range(len(hyps)), key=totals.__getitem__)].tokens if hyps else [])
+    return out

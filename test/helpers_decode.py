@@ -1,0 +1,107 @@
+"""Shared helpers of the decoding tests: tiny CIF models overfit to a few utterances.
+
+The searches start from `encoder_out`, so the helpers skip the Zipformer: they train the CIF
+predictor, the CTC head and the decoder of a tiny model on fixed random "encoder frames",
+which takes seconds instead of minutes and still gives models whose every decoding method
+must return the references.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn as nn
+
+from icefall_cif.utils import AttributeDict
+
+VOCAB_SIZE = 10  # <blk>=0, <sos/eos>=1, <unk>=2, text tokens 3..9
+REFERENCES: List[List[int]] = [[3, 4, 5, 6], [7, 8, 9], [4, 6, 8, 3, 5]]
+NUM_FRAMES = [20, 16, 22]  # encoder frames (25 Hz); CIF sees half of them
+
+
+def tiny_params(decoder_type: str, vocab_size: int = VOCAB_SIZE) -> AttributeDict:
+    """Options of `get_model` for a model small enough to overfit in a few seconds on a CPU."""
+    return AttributeDict(
+        vocab_size=vocab_size,
+        blank_id=0,
+        feature_dim=80,
+        encoder_config="tiny",
+        encoder_dim="32,32,32,32",
+        feedforward_dim="64,64,64,64",
+        encoder_unmasked_dim="32,32,32,32",
+        decoder_type=decoder_type,
+        decoder_dim=32,
+        joiner_dim=32,
+        context_size=2,
+        ce_decoder_dim=32,
+        ce_decoder_layers=1,
+        ce_decoder_heads=2,
+        ce_decoder_dropout=0.0,
+        cif_hidden_dim=32,
+        warm_step=0,
+    )
+
+
+def build_tiny_model(decoder_type: str, vocab_size: int = VOCAB_SIZE) -> nn.Module:
+    """An untrained tiny CifAsrModel (eval mode)."""
+    from model import get_model
+
+    return get_model(tiny_params(decoder_type, vocab_size)).eval()
+
+
+def make_encoder_out(num_frames: List[int], dim: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fixed random (N, max(num_frames), dim) frames, zero-padded, and their (N,) lengths."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(num_frames), max(num_frames), dim, generator=g)
+    lens = torch.tensor(num_frames, dtype=torch.int64)
+    x = x * (torch.arange(x.size(1)).unsqueeze(0) < lens.unsqueeze(1)).unsqueeze(2)
+    return x, lens
+
+
+def decoder_losses(
+    model: nn.Module, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, refs: List[List[int]]
+) -> torch.Tensor:
+    """CTC + quantity + decoder loss of the model on given encoder frames (N, T', C), lens (N,)."""
+    from model import pad_token_ids
+
+    y = pad_token_ids(refs, model.blank_id, encoder_out.device)
+    y_lens = torch.tensor([len(r) for r in refs], dtype=torch.int64)
+    loss = 0.5 * model.forward_ctc(encoder_out, encoder_out_lens, y, y_lens)
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+    loss = loss + cif_out.quantity_loss
+    if model.decoder_type == "cif_transducer":
+        simple, pruned = model.forward_transducer(cif_out.cif, cif_out.cif_lens, y, y_lens)
+        return loss + 0.5 * simple + pruned
+    return loss + model.forward_ce(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, y, y_lens)
+
+
+@dataclass
+class OverfitModel:
+    model: nn.Module
+    encoder_out: torch.Tensor  # (N, T', C)
+    encoder_out_lens: torch.Tensor  # (N,)
+    refs: List[List[int]]
+
+
+def overfit_tiny_model(decoder_type: str, steps: int = 100, lr: float = 1e-2, seed: int = 0) -> OverfitModel:
+    """A tiny model trained on REFERENCES until it fits them (eval mode)."""
+    torch.manual_seed(seed)
+    model = build_tiny_model(decoder_type).train()
+    encoder_out, lens = make_encoder_out(NUM_FRAMES, model.encoder_dim, seed)
+    trainable = [p for name, p in model.named_parameters() if not name.startswith(("encoder.", "encoder_embed."))]
+    optimizer = torch.optim.Adam(trainable, lr=lr)
+    for _ in range(steps):
+        loss = decoder_losses(model, encoder_out, lens, REFERENCES)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return OverfitModel(model.eval(), encoder_out, lens, REFERENCES)
+
+
+_CACHE: Dict[str, OverfitModel] = {}
+
+
+def cached_overfit_model(decoder_type: str) -> OverfitModel:
+    """`overfit_tiny_model` once per decoder type and test session."""
+    if decoder_type not in _CACHE:
+        _CACHE[decoder_type] = overfit_tiny_model(decoder_type)
+    return _CACHE[decoder_type]

@@ -1,0 +1,360 @@
+"""Tests for icefall_cif/decode/{beam_search,ctc,search}.py.
+
+- Tiny models overfit to three utterances (test/helpers_decode.py) must decode them with every
+  method, LM fusion and n-best rescoring included.
+- Beam 1 equals greedy search; LM fusion with scale 0 equals no fusion.
+- The batched searches equal naive per-utterance, per-hypothesis references written here in
+  float64: the transducer reference merges hypotheses in a dict, the AR reference re-runs the
+  teacher-forced parallel decoder instead of the cached step, and the LM terms come from the
+  n-gram's scalar back-off queries or a plain forward of the RNN LM.
+- CTC prefix beam search equals brute-force enumeration of all alignments.
+"""
+import itertools
+import math
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers_decode import build_tiny_model, cached_overfit_model, make_encoder_out
+
+from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.decode.beam_search import (
+    ce_beam_search,
+    lm_hypothesis_scores,
+    modified_beam_search,
+)
+from icefall_cif.decode.ctc import ctc_prefix_beam_search
+from icefall_cif.decode.greedy import greedy_search
+from icefall_cif.decode.search import decode_batch, methods_for
+from icefall_cif.lm import NgramLm, RnnLm, estimate_kneser_ney, train_rnn_lm
+from icefall_cif.utils import AttributeDict
+
+DECODER_TYPES = ["cif_transducer", "cif_ce_ar", "cif_ce_nar"]
+SOS = 1
+NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The shared 2-core machine is oversubscribed; OpenMP spinning slows tiny ops a lot.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def params(**kwargs) -> AttributeDict:
+    base = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=1)
+    base.update(kwargs)
+    return AttributeDict(base)
+
+
+def random_lm_corpus(vocab_size: int, seed: int) -> List[List[int]]:
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 7, (30,), generator=g).tolist()
+    return [torch.randint(2, vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+# ---------------------------------------------------------------------- overfit models
+@pytest.fixture(scope="module")
+def reference_lms():
+    from helpers_decode import REFERENCES, VOCAB_SIZE
+
+    ngram = estimate_kneser_ney(REFERENCES, VOCAB_SIZE, order=3)
+    torch.manual_seed(0)
+    rnn, _ = train_rnn_lm(REFERENCES, VOCAB_SIZE, embedding_dim=16, hidden_dim=32, num_layers=1, dropout=0.0,
+                          num_epochs=40, batch_size=3, lr=2e-2, progress=False)
+    return {"ngram": ngram, "rnn": rnn}
+
+
+@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+def test_every_method_decodes_the_overfit_references(decoder_type, reference_lms):
+    fit = cached_overfit_model(decoder_type)
+    assert fit.model.forward_cif(fit.encoder_out, fit.encoder_out_lens).cif_lens.tolist() == [
+        len(r) for r in fit.refs
+    ], "the helper's model did not learn to fire once per token"
+    for method in methods_for(decoder_type):
+        needs_lm = method.endswith("lm_shallow_fusion")
+        for lm_name in ("ngram", "rnn") if needs_lm else (None,):
+            lm = reference_lms[lm_name] if lm_name else None
+            hyps = decode_batch(method, fit.model, fit.encoder_out, fit.encoder_out_lens, params(), lm=lm)
+            assert hyps == fit.refs, (method, lm_name)
+        if "beam" in method:
+            for lm_name, lm in reference_lms.items():
+                hyps = decode_batch(method, fit.model, fit.encoder_out, fit.encoder_out_lens,
+                                    params(nbest_scale=0.5), lm=lm)
+                assert hyps == fit.refs, (method, "n-best rescoring", lm_name)
+
+
+# ---------------------------------------------------------------------- beam 1 / scale 0
+@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+def test_beam_one_equals_greedy(decoder_type):
+    method = "modified_beam_search" if decoder_type == "cif_transducer" else "beam_search"
+    fit = cached_overfit_model(decoder_type)
+    cases = [(fit.model, fit.encoder_out, fit.encoder_out_lens)]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = build_tiny_model(decoder_type)
+        encoder_out, lens = make_encoder_out([24, 9, 17, 13], model.encoder_dim, seed)
+        cases.append((model, encoder_out, lens))
+    for model, encoder_out, lens in cases:
+        greedy = greedy_search(model, encoder_out, lens, max_sym_per_frame=1)
+        assert sum(map(len, greedy)) > 0
+        assert decode_batch(method, model, encoder_out, lens, params(beam_size=1)) == greedy
+
+
+@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+def test_lm_scale_zero_equals_no_fusion(decoder_type):
+    torch.manual_seed(1)
+    model = build_tiny_model(decoder_type)
+    encoder_out, lens = make_encoder_out([24, 11, 18], model.encoder_dim, seed=1)
+    search = modified_beam_search if decoder_type == "cif_transducer" else ce_beam_search
+    plain = search(model, encoder_out, lens, beam_size=4)
+    assert any(len(nbest) > 1 for nbest in plain)
+    lms = {"ngram": estimate_kneser_ney(random_lm_corpus(10, 0), 10, order=3), "rnn": RnnLm(10, 8, 16, 1).eval()}
+    for name, lm in lms.items():
+        fused = search(model, encoder_out, lens, beam_size=4, lm=lm, lm_scale=0.0)
+        assert fused == plain, name
+        assert search(model, encoder_out, lens, beam_size=4, lm=lm, lm_scale=2.0) != plain, name
+
+
+# ---------------------------------------------------------------------- naive references
+def lm_next_log_probs(lm, history: List[int]) -> torch.Tensor:
+    """(V,) float64 next-token log-probs after <sos/eos> + history, without the state API."""
+    if isinstance(lm, NgramLm):
+        return torch.tensor([lm.token_log_prob([SOS] + history, w) for w in range(lm.vocab_size)], dtype=torch.float64)
+    with torch.no_grad():
+        return lm(torch.tensor([[SOS] + history]))[0][0, -1].double().log_softmax(dim=-1)
+
+
+def is_text(token: int, blank: int) -> bool:
+    return token not in (blank, SOS)
+
+
+def lm_token_term(lm, seq: Tuple[int, ...], token: int, blank: int) -> float:
+    """The fusion term of the module docstring: LM log-prob of a text token given the text so
+    far; the lowest log-prob of the row for a non-text token."""
+    dist = lm_next_log_probs(lm, [t for t in seq if is_text(t, blank)])
+    return float(dist[token]) if is_text(token, blank) else float(dist.min())
+
+
+def lm_eos_term(lm, seq: Tuple[int, ...], blank: int) -> float:
+    return float(lm_next_log_probs(lm, [t for t in seq if is_text(t, blank)])[SOS])
+
+
+def top_k(cands: Dict[Tuple[int, ...], float], k: int) -> Dict[Tuple[int, ...], float]:
+    return dict(sorted(cands.items(), key=lambda kv: -kv[1])[:k])
+
+
+def reference_modified_beam_search(
+    model, cif: torch.Tensor, K: int, lm, lm_scale: float
+) -> List[Tuple[List[int], float]]:
+    """One utterance, cif (U, C): a dict of sequences, extended and log-add-merged one by one."""
+    decoder, joiner, blank, cs = model.decoder, model.joiner, model.blank_id, model.decoder.context_size
+    hyps: Dict[Tuple[int, ...], float] = {(): 0.0}
+    for t in range(cif.size(0)):
+        cands: Dict[Tuple[int, ...], float] = {}
+        for seq, score in hyps.items():
+            context = ([-1] * (cs - 1) + [blank] + list(seq))[-cs:]
+            dec = decoder(torch.tensor([context]), need_pad=False)[0, 0]
+            log_probs = joiner(cif[t], dec).log_softmax(dim=-1)
+            for v in range(log_probs.numel()):
+                new, s = seq, score + float(log_probs[v])
+                if v != blank:
+                    new = seq + (v,)
+                    if lm is not None:
+                        s += lm_scale * lm_token_term(lm, seq, v, blank)
+                old = cands.get(new, NEG_INF)
+                cands[new] = max(old, s) + math.log1p(math.exp(-abs(old - s))) if old > NEG_INF else s
+        hyps = top_k(cands, K)
+    if lm is not None:
+        hyps = {seq: s + lm_scale * lm_eos_term(lm, seq, blank) for seq, s in hyps.items()}
+    return [(list(seq), s) for seq, s in sorted(hyps.items(), key=lambda kv: -kv[1])]
+
+
+def reference_ce_beam_search(model, cif, nar_log_probs, K, lm, lm_scale) -> List[Tuple[List[int], float]]:
+    """One utterance, cif (U, C); nar_log_probs (U, V) for the NAR decoder, None for AR."""
+    blank = model.blank_id
+    hyps: Dict[Tuple[int, ...], float] = {(): 0.0}
+    for u in range(cif.size(0)):
+        cands = {}
+        for seq, score in hyps.items():
+            if nar_log_probs is None:
+                prev = torch.tensor([[blank] + list(seq)])
+                logits = model.ce_decoder(cif[None, : u + 1], torch.tensor([u + 1]), prev)
+                log_probs = logits[0, -1].log_softmax(dim=-1)
+            else:
+                log_probs = nar_log_probs[u]
+            for v in range(log_probs.numel()):
+                s = score + float(log_probs[v])
+                if lm is not None:
+                    s += lm_scale * lm_token_term(lm, seq, v, blank)
+                cands[seq + (v,)] = s
+        hyps = top_k(cands, K)
+    if lm is not None:
+        hyps = {seq: s + lm_scale * lm_eos_term(lm, seq, blank) for seq, s in hyps.items()}
+    return [(list(seq), s) for seq, s in sorted(hyps.items(), key=lambda kv: -kv[1])]
+
+
+@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+@pytest.mark.parametrize("lm_kind", [None, "ngram", "rnn"])
+def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
+    torch.manual_seed(2)
+    model = build_tiny_model(decoder_type).double()
+    encoder_out, lens = make_encoder_out([22, 8, 15], model.encoder_dim, seed=2)
+    encoder_out = encoder_out.double()
+    lm, lm_scale = None, 0.0
+    if lm_kind == "ngram":
+        lm, lm_scale = estimate_kneser_ney(random_lm_corpus(10, 3), 10, order=3), 0.7
+    elif lm_kind == "rnn":
+        torch.manual_seed(3)
+        lm, lm_scale = RnnLm(10, 8, 16, 1, dropout=0.0).double().eval(), 0.7
+    K = 3
+    with torch.no_grad():
+        cif_out = model.forward_cif(encoder_out, lens)
+        if decoder_type == "cif_transducer":
+            got = modified_beam_search(model, encoder_out, lens, beam_size=K, lm=lm, lm_scale=lm_scale)
+        else:
+            got = ce_beam_search(model, encoder_out, lens, beam_size=K, lm=lm, lm_scale=lm_scale)
+        nar = None
+        if decoder_type == "cif_ce_nar":
+            nar = model.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, lens).log_softmax(dim=-1)
+        for i, n in enumerate(cif_out.cif_lens.tolist()):
+            cif = cif_out.cif[i, :n]
+            if decoder_type == "cif_transducer":
+                expected = reference_modified_beam_search(model, cif, K, lm, lm_scale)
+            else:
+                expected = reference_ce_beam_search(model, cif, None if nar is None else nar[i, :n], K, lm, lm_scale)
+            assert [h.tokens for h in got[i]] == [seq for seq, _ in expected], i
+            # The n-gram's distribution tensors are float32; everything else runs in float64.
+            tol = 1e-5 if lm_kind == "ngram" else 1e-9
+            assert [h.score for h in got[i]] == pytest.approx([s for _, s in expected], rel=tol, abs=tol)
+
+
+# ---------------------------------------------------------------------- fusion and rescoring at work
+class FakeNarModel(nn.Module):
+    """A cif_ce_nar stand-in whose decoder returns fixed log-probs (N, U, V)."""
+
+    decoder_type = "cif_ce_nar"
+    blank_id = 0
+    cif_downsample_factor = 1
+
+    def __init__(self, log_probs: torch.Tensor, cif_lens: List[int]):
+        super().__init__()
+        self.log_probs = log_probs
+        self.vocab_size = log_probs.size(2)
+        self.cif_lens = torch.tensor(cif_lens)
+
+    def forward_cif(self, encoder_out, encoder_out_lens):
+        N, U, _ = self.log_probs.shape
+        frames = torch.arange(U).expand(N, U)
+        frames = torch.where(frames < self.cif_lens.unsqueeze(1), frames, -1)
+        return CifPredictorOutput(torch.zeros(N, U, 1), self.cif_lens, torch.zeros(N, U), frames, None)
+
+    def ce_decoder(self, cif, cif_lens, encoder_out, encoder_out_lens):
+        return self.log_probs
+
+
+def test_lm_fusion_and_rescoring_fix_an_acoustic_confusion():
+    # Acoustics: "3 {6 > 4} 5", the LM has only ever seen "3 4 5" and "3 6 7".
+    V = 10
+    probs = torch.full((2, 3, V), 1e-3)
+    probs[0, 0, 3] = probs[0, 2, 5] = 0.9
+    probs[0, 1, 6], probs[0, 1, 4] = 0.5, 0.45
+    probs[1, :2, 7] = 0.9  # a second utterance with only two CIF vectors
+    model = FakeNarModel(probs.log(), [3, 2])
+    lm = estimate_kneser_ney([[3, 4, 5]] * 5 + [[3, 6, 7]], V, order=3)
+    enc, enc_lens = torch.zeros(2, 3, 1), torch.tensor([3, 3])
+    assert decode_batch("greedy_search", model, enc, enc_lens, params()) == [[3, 6, 5], [7, 7]]
+    assert decode_batch("beam_search", model, enc, enc_lens, params()) == [[3, 6, 5], [7, 7]]
+    fused = decode_batch("beam_search_lm_shallow_fusion", model, enc, enc_lens, params(lm_scale=0.5), lm=lm)
+    assert fused == [[3, 4, 5], [7, 7]]
+    rescored = decode_batch("beam_search", model, enc, enc_lens, params(nbest_scale=0.5), lm=lm)
+    assert rescored == [[3, 4, 5], [7, 7]]
+    only_best = decode_batch("beam_search", model, enc, enc_lens, params(nbest_scale=0.5, num_paths=1), lm=lm)
+    assert only_best[0] == [3, 6, 5]
+
+
+def test_utterance_without_cif_vectors():
+    probs = torch.full((2, 2, 6), 0.1).log()
+    probs[1, :, 4] = 0.0
+    model = FakeNarModel(probs, [0, 2])
+    enc, enc_lens = torch.zeros(2, 2, 1), torch.tensor([2, 2])
+    lm = estimate_kneser_ney([[4, 4]], 6, order=2)
+    for method in ("beam_search", "beam_search_lm_shallow_fusion"):
+        assert decode_batch(method, model, enc, enc_lens, params(), lm=lm) == [[], [4, 4]]
+
+
+@pytest.mark.parametrize("kind", ["ngram", "rnn"])
+def test_lm_hypothesis_scores(kind):
+    lm = estimate_kneser_ney(random_lm_corpus(10, 4), 10, order=3) if kind == "ngram" else RnnLm(10, 8, 16, 1).eval()
+    seqs = [[3, 4, 5], [], [9, 9]]
+    torch.testing.assert_close(lm_hypothesis_scores(lm, seqs, 0, torch.device("cpu")), lm.score_sequences(seqs))
+    # Non-text ids: no LM advance, the row's lowest log-prob.
+    with_blank = lm_hypothesis_scores(lm, [[3, 0, 4]], 0, torch.device("cpu"))
+    expected = sum(lm_token_term(lm, (3,) if j else (), t, 0) if t else lm_token_term(lm, (3,), 0, 0)
+                   for j, t in enumerate([3, 0, 4])) + lm_eos_term(lm, (3, 4), 0)
+    assert with_blank.item() == pytest.approx(expected, rel=1e-5)
+
+
+# ---------------------------------------------------------------------- errors
+def test_decode_batch_errors_name_the_valid_methods():
+    model = build_tiny_model("cif_ce_ar")
+    enc, lens = make_encoder_out([10], model.encoder_dim)
+    with pytest.raises(ValueError, match="does not apply.*'beam_search'"):
+        decode_batch("modified_beam_search", model, enc, lens, params())
+    with pytest.raises(ValueError, match="unknown --decoding-method 'fast_beam_search'.*greedy_search"):
+        decode_batch("fast_beam_search", model, enc, lens, params())
+    with pytest.raises(ValueError, match="needs an LM"):
+        decode_batch("beam_search_lm_shallow_fusion", model, enc, lens, params())
+    with pytest.raises(ValueError, match="needs an LM"):
+        decode_batch("beam_search", model, enc, lens, params(nbest_scale=0.5))
+    with pytest.raises(ValueError, match="keeps one"):
+        decode_batch("greedy_search", model, enc, lens, params(nbest_scale=0.5), lm=RnnLm(10, 8, 8, 1))
+    with pytest.raises(ValueError, match="beam_size must be >= 1"):
+        decode_batch("beam_search", model, enc, lens, params(beam_size=0))
+
+
+# ---------------------------------------------------------------------- CTC prefix beam search
+def brute_force_ctc(log_probs: torch.Tensor, blank: int = 0) -> Dict[Tuple[int, ...], float]:
+    """log P(prefix) = logsumexp over every alignment (T, V) that collapses to it."""
+    T, V = log_probs.shape
+    out: Dict[Tuple[int, ...], float] = {}
+    for path in itertools.product(range(V), repeat=T):
+        lp = sum(float(log_probs[t, s]) for t, s in enumerate(path))
+        label = tuple(s for s, _ in itertools.groupby(path) if s != blank)
+        old = out.get(label, NEG_INF)
+        out[label] = max(old, lp) + math.log1p(math.exp(-abs(old - lp))) if old > NEG_INF else lp
+    return out
+
+
+def test_ctc_prefix_beam_search_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor([5, 3, 4])
+    log_probs = (2.0 * torch.randn(3, 5, 3, generator=g, dtype=torch.float64)).log_softmax(dim=-1)
+    # 63 prefixes of length <= 5 over 2 tokens: a beam of 64 never prunes, so the search is exact.
+    exact = ctc_prefix_beam_search(log_probs, lens, beam_size=64)
+    small = ctc_prefix_beam_search(log_probs, lens, beam_size=3)
+    for i, T in enumerate(lens.tolist()):
+        truth = brute_force_ctc(log_probs[i, :T])
+        assert {tuple(h.tokens): h.score for h in exact[i]} == pytest.approx(truth, rel=1e-12)
+        best = max(truth, key=truth.get)
+        assert tuple(exact[i][0].tokens) == best
+        # With pruning each kept prefix has lost alignments: its score is a lower bound.
+        assert len(small[i]) == 3
+        for h in small[i]:
+            assert h.score <= truth[tuple(h.tokens)] + 1e-12
+        assert tuple(small[i][0].tokens) == best
+
+
+def test_ctc_prefix_beam_search_batch_independence():
+    g = torch.Generator().manual_seed(1)
+    log_probs = torch.randn(4, 12, 7, generator=g).log_softmax(dim=-1)
+    lens = torch.tensor([12, 5, 9, 1])
+    batched = ctc_prefix_beam_search(log_probs, lens, beam_size=4, blank_id=2)
+    for i in range(4):
+        alone = ctc_prefix_beam_search(log_probs[i : i + 1, : lens[i]], lens[i : i + 1], beam_size=4, blank_id=2)
+        assert [h.tokens for h in alone[0]] == [h.tokens for h in batched[i]]
+        assert [h.score for h in alone[0]] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
+        assert all(2 not in h.tokens for h in batched[i])
