@@ -1,0 +1,1 @@
+../../../librispeech/ASR/local/compute_fbank_musan.py

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/local/prepare_common.sh

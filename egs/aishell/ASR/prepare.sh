@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# AISHELL-1 data preparation for the CIF recipes (icefall layout). Run it from egs/aishell/ASR.
+#
+#   ./prepare.sh --corpus-dir /data/aishell                # holds data_aishell/ (openslr 33)
+#   ./prepare.sh --synthetic 1 --synth-hours 0.5           # a small espeak-ng corpus, same layout
+#   ./prepare.sh --stage 2 --stop-stage 3                  # only some stages
+#
+# Stages (each skips itself when its done-marker exists; delete the marker to redo it):
+#   0  corpus into download/aishell/data_aishell (--corpus-dir or --synthetic 1)  data/.corpus.done
+#   1  Lhotse manifests data/manifests (bad utterances skipped and listed)       data/manifests/.aishell.done
+#   2  80-dim fbank cuts data/fbank/aishell_cuts_{train,dev,test}.jsonl.gz      data/fbank/.aishell.done
+#   3  character tokens data/lang_char/tokens.txt                               data/lang_char/.done
+#   4  LM text data/lm/{train,dev}_text.txt, data/lm/lang_char/*_tokens.txt      data/lm/.aishell.done
+#   5  MUSAN cuts data/fbank/musan_cuts.jsonl.gz (only with --musan-dir)        data/fbank/.musan.done
+# Logs: data/log/prepare-stage-<N>.log. Skipped items: data/manifests/aishell_skipped.tsv;
+# dev/test characters missing from the train tokens: data/lang_char/oov_utterances.tsv.
+
+set -euo pipefail
+
+stage=0
+stop_stage=5
+num_jobs=$(nproc)
+dl_dir=$PWD/download
+corpus_dir=""
+synthetic=0
+synth_hours=""
+synth_dev_hours=""
+synth_test_hours=""
+synth_num_train_utts=""
+synth_num_dev_utts=""
+synth_num_test_utts=""
+synth_seed=0
+synth_opts=""
+perturb_speed=1
+musan_dir=""
+python=python3
+
+help_message="Usage: $0 [options]
+  --stage N / --stop-stage M   run stages N..M (default $stage..$stop_stage; see the top of $0)
+  --corpus-dir DIR             an existing AISHELL-1 (DIR/data_aishell/... or DIR = data_aishell)
+  --synthetic 0|1              synthesize a small corpus with espeak-ng instead (default $synthetic)
+  --synth-hours H, --synth-dev-hours H, --synth-test-hours H
+  --synth-num-train-utts N, --synth-num-dev-utts N, --synth-num-test-utts N
+  --synth-seed S               synthetic corpus size and seed (default seed $synth_seed)
+  --synth-opts \"...\"           further options for python -m icefall_cif.synth (see its --help)
+  --num-jobs J                 parallel jobs (default: $num_jobs)
+  --perturb-speed 0|1          add 0.9x/1.1x speed-perturbed train copies (default $perturb_speed)
+  --musan-dir DIR              MUSAN (openslr 17) for stage 5, used by --enable-musan
+  --dl-dir DIR                 where the corpus lives (default $dl_dir)
+  --python PY                  interpreter with icefall_cif installed (default $python)"
+
+. shared/parse_options.sh || exit 1
+. local/prepare_common.sh
+
+mkdir -p data/log
+find_python
+log "Running $0 --stage $stage --stop-stage $stop_stage (python: $python, dl_dir: $dl_dir)"
+
+if stage_wanted 0; then
+  banner 0 "AISHELL-1 corpus -> $dl_dir/aishell/data_aishell"
+  if ! already_done data/.corpus.done; then
+    get_corpus aishell aishell
+    touch data/.corpus.done
+  fi
+fi
+
+if stage_wanted 1; then
+  banner 1 "Lhotse manifests -> data/manifests"
+  if ! already_done data/manifests/.aishell.done; then
+    "$python" local/prepare_manifests.py --corpus-dir "$dl_dir/aishell" --output-dir data/manifests \
+      --num-jobs "$num_jobs" --log-file data/log/prepare-stage-1.log
+    touch data/manifests/.aishell.done
+  fi
+fi
+
+if stage_wanted 2; then
+  banner 2 "80-dim fbank -> data/fbank/aishell_cuts_*.jsonl.gz"
+  if ! already_done data/fbank/.aishell.done; then
+    "$python" local/compute_fbank_aishell.py --manifest-dir data/manifests --output-dir data/fbank \
+      --num-jobs "$num_jobs" --perturb-speed "$perturb_speed" --log-file data/log/prepare-stage-2.log
+    touch data/fbank/.aishell.done
+  fi
+fi
+
+if stage_wanted 3; then
+  banner 3 "character tokens -> data/lang_char"
+  if ! already_done data/lang_char/.done; then
+    "$python" local/prepare_char.py --manifest-dir data/manifests --lang-dir data/lang_char \
+      --log-file data/log/prepare-stage-3.log
+    touch data/lang_char/.done
+  fi
+fi
+
+if stage_wanted 4; then
+  banner 4 "LM text -> data/lm"
+  if ! already_done data/lm/.aishell.done; then
+    "$python" local/prepare_lm_text.py --manifest-dir data/manifests --lm-dir data/lm \
+      --lang-dirs data/lang_char --log-file data/log/prepare-stage-4.log
+    touch data/lm/.aishell.done
+  fi
+fi
+
+if stage_wanted 5; then
+  banner 5 "MUSAN -> data/fbank/musan_cuts.jsonl.gz"
+  if [ -z "$musan_dir" ]; then
+    log "No --musan-dir given - skipping (MUSAN is only needed for training with --enable-musan 1)"
+  elif ! already_done data/fbank/.musan.done; then
+    "$python" local/compute_fbank_musan.py --musan-dir "$musan_dir" --manifest-dir data/manifests \
+      --output-dir data/fbank --num-jobs "$num_jobs" --log-file data/log/prepare-stage-5.log
+    touch data/fbank/.musan.done
+  fi
+fi
+
+log "Done: stages $stage..$stop_stage"
