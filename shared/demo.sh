@@ -50,7 +50,8 @@ esac
 
 python=python3
 if [ -x ../../../.venv/bin/python3 ]; then
-  python=$(readlink -f ../../../.venv/bin/python3)
+  # Not readlink -f: resolving the venv's python symlink would leave the venv.
+  python=$(cd ../../.. && pwd)/.venv/bin/python3
 fi
 
 log() { echo -e "$(date '+%Y-%m-%d %H:%M:%S') (demo) $*"; }

@@ -12,13 +12,14 @@
 #   3  sentencepiece unigram data/lang_bpe_<N>/{bpe.model,tokens.txt}          data/lang_bpe_<N>/.done
 #   4  LM text data/lm/{train,dev}_text.txt, data/lm/lang_bpe_<N>/*_tokens.txt  data/lm/.librispeech.done
 #   5  MUSAN cuts data/fbank/musan_cuts.jsonl.gz (only with --musan-dir)       data/fbank/.musan.done
+#   6  token LMs data/lm/<lang dir>/ngram_3gram.arpa (+ rnn_lm.pt with --train-rnn-lm 1)   data/lm/<lang dir>/.ngram.done
 # Logs: data/log/prepare-stage-<N>.log. Skipped items: data/manifests/librispeech_skipped.tsv and
 # data/lang_bpe_<N>/oov_utterances.tsv.
 
 set -euo pipefail
 
 stage=0
-stop_stage=5
+stop_stage=6
 num_jobs=$(nproc)
 dl_dir=$PWD/download
 corpus_dir=""
@@ -34,6 +35,8 @@ synth_opts=""
 perturb_speed=1
 vocab_sizes="500"
 musan_dir=""
+lm_order=3
+train_rnn_lm=0
 python=python3
 
 help_message="Usage: $0 [options]
@@ -47,6 +50,8 @@ help_message="Usage: $0 [options]
   --num-jobs J                 parallel jobs (default: $num_jobs)
   --perturb-speed 0|1          add 0.9x/1.1x speed-perturbed train copies (default $perturb_speed)
   --vocab-sizes \"N ...\"        sentencepiece vocabulary sizes (default \"$vocab_sizes\")
+  --lm-order N                 order of the token n-gram LM of stage 6 (default $lm_order)
+  --train-rnn-lm 0|1           also train an LSTM LM in stage 6 (default $train_rnn_lm)
   --musan-dir DIR              MUSAN (openslr 17) for stage 5, used by --enable-musan
   --dl-dir DIR                 where the corpus lives (default $dl_dir)
   --python PY                  interpreter with icefall_cif installed (default $python)"
@@ -116,6 +121,25 @@ if stage_wanted 5; then
       --output-dir data/fbank --num-jobs "$num_jobs" --log-file data/log/prepare-stage-5.log
     touch data/fbank/.musan.done
   fi
+fi
+
+if stage_wanted 6; then
+  banner 6 "token LMs for shallow fusion / rescoring -> data/lm/<lang dir>"
+  lang_dirs=()
+  for vocab_size in $vocab_sizes; do lang_dirs+=("data/lang_bpe_$vocab_size"); done
+  for lang_dir in "${lang_dirs[@]}"; do
+    lm_dir=data/lm/$(basename "$lang_dir")
+    if ! already_done "$lm_dir/.ngram.done"; then
+      "$python" local/train_lm.py --lm-type ngram --order "$lm_order" --lang-dir "$lang_dir" --out-dir "$lm_dir" \
+        --log-file data/log/prepare-stage-6.log
+      touch "$lm_dir/.ngram.done"
+    fi
+    if [ "$train_rnn_lm" != 0 ] && ! already_done "$lm_dir/.rnn.done"; then
+      "$python" local/train_lm.py --lm-type rnn --lang-dir "$lang_dir" --out-dir "$lm_dir" \
+        --log-file data/log/prepare-stage-6.log
+      touch "$lm_dir/.rnn.done"
+    fi
+  done
 fi
 
 log "Done: stages $stage..$stop_stage"
