@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer_cif/decoder.py
