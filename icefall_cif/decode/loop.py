@@ -1,0 +1,389 @@
+"""The decoding loop shared by every recipe's `zipformer_cif/decode.py`.
+
+Model selection follows icefall (`--epoch/--avg/--iter/--use-averaged-model`); results go to
+`<exp-dir>/<decoding-method>/{recogs,errs,wer-summary}-<test-set>-...txt`; the real-time factor of
+each test set (decoding wall time / audio duration, data loading excluded) is logged and written
+to `rtf-<test-set>-...txt` next to them.
+
+`--lm-scale` is the LM weight of shallow fusion / n-best rescoring, as in icefall's decode.py.
+The model has an option of the same name (the RNN-T loss smoothing, a training-only option); the
+decoding parser lets the decoding meaning win, and the model is built with its own default.
+"""
+import argparse
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from icefall_cif.checkpoint import (
+    average_checkpoints,
+    average_checkpoints_with_averaged_model,
+    find_checkpoints,
+    strip_ddp_prefix,
+)
+from icefall_cif.datamodule import AsrDataModule
+from icefall_cif.decode.search import METHODS, decode_batch, methods_for
+from icefall_cif.recipe import Recipe
+from icefall_cif.scoring import save_results
+from icefall_cif.tokenizer import Tokenizer
+from icefall_cif.trainer import check_token_table, set_num_threads
+from icefall_cif.utils import AttributeDict, setup_logger, str2bool
+
+# Decoding options whose names the model's options also use, with another meaning.
+SHADOWED_MODEL_OPTIONS = ("lm_scale",)
+
+
+def get_parser(recipe: Recipe, description: str = "") -> argparse.ArgumentParser:
+    """All options of a recipe's decode.py: model, decoding, data."""
+    # "resolve": the decoding options are added after the model's, so decoding's --lm-scale
+    # (LM fusion weight, icefall's name) replaces the model's training-only --lm-scale.
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve"
+    )
+    recipe.add_model_arguments(parser)
+    add_decoding_arguments(parser, recipe.default_lang_dir)
+    AsrDataModule.add_arguments(parser)
+    parser.set_defaults(corpus=recipe.name)
+    return parser
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: str) -> None:
+    g = parser.add_argument_group("Decoding", "icefall-compatible decoding options")
+    g.add_argument("--epoch", type=int, default=30, help="Decode with epoch-<epoch>.pt (and the ones before it).")
+    g.add_argument("--iter", type=int, default=0, help="If > 0, use checkpoint-<iter>.pt instead of epochs.")
+    g.add_argument("--avg", type=int, default=9, help="Number of checkpoints to average.")
+    g.add_argument("--use-averaged-model", type=str2bool, default=True,
+                   help="Average with the running averaged models stored in the checkpoints (icefall's scheme).")
+    g.add_argument("--exp-dir", type=Path, default=Path("zipformer_cif/exp"))
+    g.add_argument("--lang-dir", type=Path, default=Path(default_lang_dir))
+    g.add_argument("--decoding-method", type=str, default="greedy_search", choices=sorted(METHODS),
+                   help="Which search; the beam methods apply to one decoder type each (see search.py).")
+    g.add_argument("--beam-size", type=int, default=4)
+    g.add_argument("--max-sym-per-frame", type=int, default=3,
+                   help="cif_transducer greedy_search: most symbols per CIF vector. icefall's 1 suits 25 Hz frames; "
+                        "a CIF vector carries about one token and the transducer may emit it on a neighbour, which "
+                        "1 would drop (see greedy_search).")
+    g.add_argument("--lm-type", type=str, default=None, choices=["ngram", "rnn"],
+                   help="LM for shallow fusion / n-best rescoring (trained by local/train_lm.py).")
+    g.add_argument("--lm-path", type=Path, default=None, help="The LM file (ARPA for ngram, .pt for rnn).")
+    g.add_argument("--lm-scale", type=float, default=0.3,
+                   help="LM weight of *_lm_shallow_fusion (and of n-best rescoring).")
+    g.add_argument("--nbest-scale", type=float, default=0.0,
+                   help="If > 0, rescore the beam's n-best with the LM weighted by this scale.")
+    g.add_argument("--num-paths", type=int, default=4, help="Size of the n-best list for rescoring.")
+    g.add_argument("--num-plots", type=int, default=0,
+                   help="Write a PNG of the CIF weights, fires and tokens for this many utterances per test set.")
+    g.add_argument("--num-threads", type=int, default=1,
+                   help="PyTorch intra-op threads (icefall uses 1); 0 = all CPU cores of this machine.")
+
+
+def _epoch_file(exp_dir: Path, epoch: int) -> Path:
+    return exp_dir / f"epoch-{epoch}.pt"
+
+
+def _available_epochs(exp_dir: Path) -> List[int]:
+    stems = (p.stem.split("-", 1)[1] for p in exp_dir.glob("epoch-*.pt"))
+    return sorted(int(s) for s in stems if s.isdigit())
+
+
+def _averaged_flag(params: AttributeDict) -> str:
+    return " --use-averaged-model 1" if params.use_averaged_model else " --use-averaged-model 0"
+
+
+def _shorter_average_advice(longest: int, use_averaged_model: bool) -> str:
+    if longest >= 1:
+        return f"Use --avg {longest} or less" + (" (or --use-averaged-model 0)" if use_averaged_model else "")
+    return "Use --use-averaged-model 0 (no earlier checkpoint to start the running average from)"
+
+
+def select_checkpoints(params: AttributeDict) -> Tuple[List[Path], str]:
+    """The checkpoint files named by --epoch/--iter/--avg/--use-averaged-model.
+
+    Returns:
+      The files, newest first (with --use-averaged-model: [end, start], the start excluded from
+      the average), and the result-file suffix such as `epoch-30-avg-9-use-averaged-model`.
+    """
+    exp_dir, avg = params.exp_dir, params.avg
+    if avg < 1:
+        raise ValueError(f"--avg must be >= 1, got {avg}")
+    need = avg + 1 if params.use_averaged_model else avg
+    if params.iter > 0:
+        suffix = f"iter-{params.iter}-avg-{avg}"
+        found = [Path(f) for f in find_checkpoints(exp_dir, iteration=-params.iter)]
+        available = [p.name for p in map(Path, find_checkpoints(exp_dir))]
+        if not found or found[0].name != f"checkpoint-{params.iter}.pt":
+            raise FileNotFoundError(
+                f"{exp_dir}/checkpoint-{params.iter}.pt does not exist; the batch checkpoints there are "
+                f"{available or 'none'} (train.py keeps the newest --keep-last-k): choose one of them with --iter"
+            )
+        if len(found) < need:
+            longest = len(found) - 1 if params.use_averaged_model else len(found)
+            raise ValueError(
+                f"--iter {params.iter} --avg {avg}{_averaged_flag(params)} needs {need} checkpoint-*.pt files at or "
+                f"before batch {params.iter} in {exp_dir}, found {len(found)} ({[p.name for p in found]}): "
+                + _shorter_average_advice(longest, params.use_averaged_model)
+            )
+        files = [found[0], found[avg]] if params.use_averaged_model else found[:avg]
+    else:
+        epoch = params.epoch
+        suffix = f"epoch-{epoch}-avg-{avg}"
+        available = _available_epochs(exp_dir)
+        if not _epoch_file(exp_dir, epoch).is_file():
+            raise FileNotFoundError(
+                f"{_epoch_file(exp_dir, epoch)} does not exist; the epochs in {exp_dir} are {available or 'none'}: "
+                f"choose one with --epoch (or check --exp-dir)"
+            )
+        first = epoch - avg + 1  # first epoch inside the average
+        if first - (1 if params.use_averaged_model else 0) < 1:
+            longest = epoch - 1 if params.use_averaged_model else epoch
+            raise ValueError(
+                f"--epoch {epoch} --avg {avg}{_averaged_flag(params)} averages more epochs than exist up to "
+                f"epoch {epoch}"
+                + (f" (with the running averages it also needs epoch-{first - 1}.pt, where the average starts)"
+                   if params.use_averaged_model else "")
+                + f"; available epochs: {available}. "
+                + _shorter_average_advice(longest, params.use_averaged_model)
+            )
+        if params.use_averaged_model:
+            names = [epoch, first - 1]
+        else:
+            names = list(range(epoch, first - 1, -1))
+        missing = [e for e in names if not _epoch_file(exp_dir, e).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"Missing checkpoints for epochs {missing} in {exp_dir} (available: {available}): lower --avg"
+            )
+        files = [_epoch_file(exp_dir, e) for e in names]
+    if params.use_averaged_model:
+        suffix += "-use-averaged-model"
+    return files, suffix
+
+
+def select_model_weights(params: AttributeDict) -> Tuple[Dict[str, torch.Tensor], str, Dict[str, Any]]:
+    """The (averaged) weights named by --epoch/--iter/--avg/--use-averaged-model.
+
+    Returns:
+      The state dict; the result-file suffix (see :func:`select_checkpoints`); the training
+      options saved in the newest of those checkpoints (everything but tensors and states).
+    """
+    files, suffix = select_checkpoints(params)
+    cpu = torch.device("cpu")
+    logging.info(f"Averaging {[f.name for f in files]}" + (" (running averages)" if params.use_averaged_model else ""))
+    if params.use_averaged_model:
+        state = average_checkpoints_with_averaged_model(files[1], files[0], cpu)
+    elif len(files) == 1:
+        state = strip_ddp_prefix(torch.load(files[0], map_location=cpu, weights_only=False)["model"])
+    else:
+        state = average_checkpoints(files, cpu)
+    return state, suffix, read_training_options(files[0])
+
+
+def read_training_options(filename: Path) -> Dict[str, Any]:
+    """The options and counters train.py saved at the top level of a checkpoint."""
+    saved = torch.load(filename, map_location="cpu", weights_only=False, mmap=True)
+    skip = {"model", "model_avg", "optimizer", "scheduler", "grad_scaler", "sampler", "rng_state"}
+    return {k: v for k, v in saved.items() if k not in skip}
+
+
+def model_option_names(recipe: Recipe) -> List[str]:
+    """The `dest` names of the recipe's model options."""
+    parser = argparse.ArgumentParser()
+    recipe.add_model_arguments(parser)
+    return sorted(vars(parser.parse_args([])))
+
+
+def differing_model_options(
+    recipe: Recipe, params: AttributeDict, trained: Dict[str, Any]
+) -> Dict[str, Tuple[Any, Any]]:
+    """{option: (value given here, value at training)} for the model options that differ."""
+    out = {}
+    for name in model_option_names(recipe):
+        if name in SHADOWED_MODEL_OPTIONS or name not in trained:
+            continue
+        if params.get(name) != trained[name]:
+            out[name] = (params.get(name), trained[name])
+    return out
+
+
+def _format_options(diff: Dict[str, Tuple[Any, Any]]) -> str:
+    return "; ".join(f"--{k.replace('_', '-')} is {given} here but was {trained} in training"
+                     for k, (given, trained) in diff.items())
+
+
+def load_weights(
+    model: nn.Module,
+    state: Dict[str, torch.Tensor],
+    params: AttributeDict,
+    differing: Dict[str, Tuple[Any, Any]],
+) -> None:
+    """Load weights, turning a key/shape mismatch into advice about the options to change."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        advice = (
+            f"Pass the model options train.py used: {_format_options(differing)}."
+            if differing
+            else "Pass the same model options (--encoder-config, --decoder-type, ...) as train.py used; see the "
+            f"'Options' line of {params.exp_dir}/log/log-train-*."
+        )
+        raise ValueError(
+            f"The checkpoints in {params.exp_dir} do not fit the model built from the options given here. {advice} "
+            f"Details: {str(e)[:300]}"
+        ) from None
+    if differing:
+        logging.warning(f"Model options that differ from training (they only change inference): "
+                        f"{_format_options(differing)}")
+
+
+def results_key(params: AttributeDict) -> str:
+    """Name of a decoding setting inside the result files, as icefall spells it."""
+    method = params.decoding_method
+    if "beam_search" in method:
+        key = f"beam_size_{params.beam_size}"
+        if "lm" in method or params.nbest_scale > 0:
+            key += f"_lm_scale_{params.lm_scale}"
+        return key
+    return method
+
+
+@torch.no_grad()
+def decode_dataset(
+    dl: torch.utils.data.DataLoader,
+    params: AttributeDict,
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    device: torch.device,
+    lm: Optional[Any] = None,
+    plot_dir: Optional[Path] = None,
+) -> Tuple[List[Tuple[str, List[str], List[str]]], float, float]:
+    """Decode every batch of `dl` (batches of `inputs` (N, T, 80) and `supervisions` with cuts).
+
+    Returns:
+      (cut_id, ref units, hyp units) per utterance; the decoding wall time (s, encoder + search);
+      the audio duration (s).
+    """
+    results = []
+    decode_seconds = audio_seconds = 0.0
+    plots_left = params.num_plots if plot_dir is not None else 0
+    for batch in tqdm(dl, desc="decoding", unit="batch", leave=False):
+        feature = batch["inputs"].to(device)
+        sup = batch["supervisions"]
+        feature_lens = sup["num_frames"].to(device)
+        t0 = time.perf_counter()
+        encoder_out, encoder_out_lens = model.forward_encoder(feature, feature_lens)
+        hyps = decode_batch(params.decoding_method, model, encoder_out, encoder_out_lens, params, lm=lm)
+        decode_seconds += time.perf_counter() - t0
+        audio_seconds += float(sup["num_frames"].sum()) / 100.0
+        cut_ids = [c.id for c in sup["cut"]]
+        for cut_id, ref_text, hyp_ids in zip(cut_ids, sup["text"], hyps):
+            results.append((cut_id, tokenizer.text_units(ref_text), tokenizer.text_units(tokenizer.decode(hyp_ids))))
+        if plots_left > 0:
+            from icefall_cif.plot import plot_cif_batch
+
+            written = plot_cif_batch(model, tokenizer, encoder_out, encoder_out_lens, cut_ids, plot_dir, plots_left)
+            plots_left -= len(written)
+    return results, decode_seconds, audio_seconds
+
+
+def load_lm(params: AttributeDict, device: torch.device):
+    """The LM of --lm-type/--lm-path, or None when the method needs none."""
+    needs_lm = params.decoding_method.endswith("_lm_shallow_fusion") or params.nbest_scale > 0
+    if not needs_lm:
+        if params.lm_type is not None:
+            logging.warning(f"--lm-type {params.lm_type} is ignored: {params.decoding_method} with --nbest-scale "
+                            f"{params.nbest_scale} uses no LM")
+        return None
+    if params.lm_type is None:
+        raise ValueError(
+            f"--decoding-method {params.decoding_method}"
+            + (f" with --nbest-scale {params.nbest_scale}" if params.nbest_scale > 0 else "")
+            + " needs an LM: pass --lm-type ngram|rnn and --lm-path (prepare.sh stage 6 trains them)"
+        )
+    if params.lm_path is None or not Path(params.lm_path).is_file():
+        raise FileNotFoundError(
+            f"--lm-path {params.lm_path}: no such file; train one with local/train_lm.py (prepare.sh stage 6)"
+        )
+    from icefall_cif.lm import load_lm as _load
+
+    return _load(params.lm_type, params.lm_path, device=device)
+
+
+def main(recipe: Recipe, description: str = "") -> None:
+    """Entry point of a recipe's decode.py: parse the options and decode every test set."""
+    run_decoding(get_parser(recipe, description).parse_args(), recipe)
+
+
+def check_method(params: AttributeDict) -> None:
+    """Reject a decoding method that does not apply to the model's decoder type."""
+    decoder_type = params.decoder_type
+    if decoder_type not in METHODS[params.decoding_method]:
+        raise ValueError(
+            f"--decoding-method {params.decoding_method} does not apply to --decoder-type {decoder_type}; "
+            f"use one of {methods_for(decoder_type)}"
+        )
+
+
+def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
+    """Decode each test set of the recipe; return {test_set: error rate in %}."""
+    # Decoding reads the cut ids of each batch.
+    args.return_cuts = True
+    params = AttributeDict(vars(args))
+    params.feature_dim = 80
+    params.res_dir = params.exp_dir / params.decoding_method
+    setup_logger(params.res_dir / f"log-decode-{params.decoding_method}")
+    num_threads = set_num_threads(params.num_threads, processes_on_node=1)
+    logging.info(f"Decoding {recipe.name} with {num_threads} thread(s): {dict(params)}")
+    check_method(params)
+
+    tokenizer = Tokenizer.from_lang_dir(params.lang_dir)
+    params.vocab_size = tokenizer.vocab_size
+    params.blank_id = tokenizer.blank_id
+
+    # Fail on a missing test manifest before the slow work.
+    datamodule = AsrDataModule(args)
+    for name in recipe.test_sets:
+        path = datamodule.cuts_path(name)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} (test set '{name}') not found. Create it with prepare.sh (stages 0-2) in "
+                f"egs/{recipe.name}/ASR, or point --manifest-dir at the directory that has it."
+            )
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    state, suffix, trained = select_model_weights(params)
+    check_token_table(trained, tokenizer, f"The model in {params.exp_dir}",
+                      "pass the --lang-dir it was trained with (see the 'Options' line of its log-train-*)")
+    model_params = AttributeDict({k: v for k, v in params.items() if k not in SHADOWED_MODEL_OPTIONS})
+    model = recipe.get_model(model_params)
+    load_weights(model, state, params, differing_model_options(recipe, params, trained))
+    model.to(device).eval()
+    lm = load_lm(params, device)
+
+    error_rates = {}
+    key = results_key(params)
+    for name in recipe.test_sets:
+        dl = datamodule.test_dataloaders(datamodule.load_cuts(name))
+        plot_dir = params.res_dir / f"cif-plots-{name}" if params.num_plots > 0 else None
+        results, decode_seconds, audio_seconds = decode_dataset(dl, params, model, tokenizer, device, lm, plot_dir)
+        rates = save_results(
+            params.res_dir,
+            name,
+            {key: results},
+            compute_CER=tokenizer.error_rate_name == "CER",
+            suffix=f"-{suffix}",
+        )
+        error_rates[name] = rates[key]
+        rtf = decode_seconds / max(audio_seconds, 1e-9)
+        message = (
+            f"{name}: {tokenizer.error_rate_name} {rates[key]:.2f}% over {len(results)} utterances, "
+            f"RTF {rtf:.4f} ({decode_seconds:.2f} s for {audio_seconds:.1f} s of audio, "
+            f"{torch.get_num_threads()} threads, {device.type})"
+        )
+        logging.info(message)
+        (params.res_dir / f"rtf-{name}-{key}-{suffix}.txt").write_text(message + "\n")
+    logging.info("Done!")
+    return error_rates
