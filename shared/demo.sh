@@ -27,6 +27,9 @@ esac
 : "${ENCODER_CONFIG:=tiny}" "${DECODER_TYPE:=cif_ce_ar}" "${BASE_LR:=0.045}"
 : "${LR_BATCHES:=2000}" "${LR_EPOCHS:=4}" "${SYNTH_VOCAB:=500}" "${SYNTH_SEED:=0}"
 : "${EXP_DIR:=zipformer_cif/exp-demo-$scale}" "${NUM_PLOTS:=3}"
+# A run of a few hundred batches: a small reference duration takes the encoder's
+# regularisation schedules (dropout, layer skipping) to their final values early in it.
+: "${REF_DURATION:=0.1}"
 
 case "$corpus" in
   librispeech)
@@ -88,7 +91,7 @@ timed "train" env OMP_NUM_THREADS="${NUM_THREADS:-1}" "$python" ./zipformer_cif/
   --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --num-epochs "$NUM_EPOCHS" \
   --max-duration "$MAX_DURATION" --base-lr "$BASE_LR" --lr-batches "$LR_BATCHES" --lr-epochs "$LR_EPOCHS" \
   --warmup-batches 100 --average-period 10 --save-every-n 200 --keep-last-k 3 --log-interval 20 \
-  --num-workers 1 --enable-spec-aug 0 --start-epoch 1
+  --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION"
 
 methods=(greedy_search)
 case "$DECODER_TYPE" in

@@ -42,7 +42,7 @@ BEAM_METHODS = (
     "ctc_prefix_beam_search",
 )
 
-DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=1)
+DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3)
 
 
 def methods_for(decoder_type: str) -> List[str]:
