@@ -168,6 +168,19 @@ def _lm_term(lm_log_probs: torch.Tensor, is_text: torch.Tensor) -> torch.Tensor:
     return torch.where(is_text, lm_log_probs, lm_log_probs.min(dim=-1, keepdim=True).values)
 
 
+def _advance_lm(lm, lm_state, parents: torch.Tensor, new_token: torch.Tensor, advances: torch.Tensor):
+    """LM states of the new beam: each parent's state, advanced by `new_token` where `advances`.
+
+    Args:
+      parents: (B*K,) flat index of each new hypothesis' parent.
+      new_token: (B, K) token each new hypothesis appended; advances: (B, K) bool, False where
+        it appended nothing or a non-text id (blank, <sos/eos>), which the LM never sees.
+    """
+    kept = select_lm_state(lm_state, parents)
+    advanced = lm.advance(kept, new_token.view(-1))
+    return where_lm_state(advances.view(-1), advanced, kept)
+
+
 def _lm_eos_scores(lm, lm_state, scores: torch.Tensor, lm_scale: float) -> torch.Tensor:
     """Add lm_scale * log p_LM(</s> | hypothesis) to (N, K) scores."""
     return scores + lm_scale * lm_state[0][:, lm.eos_id].view_as(scores)
@@ -248,9 +261,7 @@ def modified_beam_search(
         shifted = torch.cat([reorder(context, parent)[:, :, 1:], new_token.unsqueeze(2)], dim=2)
         context = torch.where(emit.unsqueeze(2), shifted, reorder(context, parent))
         if lm is not None:
-            kept = select_lm_state(lm_state, _flat_parent_index(parent))
-            advanced = lm.advance(kept, new_token.view(-1))
-            lm_state = where_lm_state((emit & is_text[new_token]).view(-1), advanced, kept)
+            lm_state = _advance_lm(lm, lm_state, _flat_parent_index(parent), new_token, emit & is_text[new_token])
 
     if lm is not None:
         scores = _lm_eos_scores(lm, lm_state, scores, lm_scale)
@@ -329,9 +340,7 @@ def ce_beam_search(
             cache = [c.index_select(0, flat) for c in cache]
             prev = new_token.view(-1)
         if lm is not None:
-            kept = select_lm_state(lm_state, flat)
-            advanced = lm.advance(kept, new_token.view(-1))
-            lm_state = where_lm_state((emit & is_text[new_token]).view(-1), advanced, kept)
+            lm_state = _advance_lm(lm, lm_state, flat, new_token, emit & is_text[new_token])
 
     if lm is not None:
         scores = _lm_eos_scores(lm, lm_state, scores, lm_scale)
