@@ -29,7 +29,7 @@ esac
 : "${EXP_DIR:=zipformer_cif/exp-demo-$scale}" "${NUM_PLOTS:=3}"
 # A run of a few hundred batches: a small reference duration takes the encoder's
 # regularisation schedules (dropout, layer skipping) to their final values early in it.
-: "${REF_DURATION:=0.1}"
+: "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}"
 
 case "$corpus" in
   librispeech)
@@ -90,7 +90,7 @@ model_opts=(--encoder-config "$ENCODER_CONFIG" --decoder-type "$DECODER_TYPE")
 timed "train" env OMP_NUM_THREADS="${NUM_THREADS:-1}" "$python" ./zipformer_cif/train.py "${model_opts[@]}" \
   --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --num-epochs "$NUM_EPOCHS" \
   --max-duration "$MAX_DURATION" --base-lr "$BASE_LR" --lr-batches "$LR_BATCHES" --lr-epochs "$LR_EPOCHS" \
-  --warmup-batches 100 --average-period 10 --save-every-n 200 --keep-last-k 3 --log-interval 20 \
+  --warmup-batches 100 --average-period "$AVERAGE_PERIOD" --save-every-n 200 --keep-last-k 3 --log-interval 20 \
   --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION"
 
 methods=(greedy_search)

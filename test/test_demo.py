@@ -1,0 +1,68 @@
+"""The demo driver (shared/demo.sh) end to end, at a scale CI can afford.
+
+Same script, same stages as `make demo`: synthesis, prepare.sh, train.py, decode.py with three
+methods, the results table and the CIF plots; only the sizes are turned down.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
+    recipe = tmp_path / "ASR"
+    recipe.mkdir()
+    src = REPO / "egs" / "librispeech" / "ASR"
+    shutil.copy(src / "prepare.sh", recipe)
+    shutil.copy(src / "run_demo.sh", recipe)
+    shutil.copytree(src / "local", recipe / "local", symlinks=False)
+    (recipe / "shared").symlink_to(REPO / "shared")
+    (recipe / "zipformer_cif").symlink_to(src / "zipformer_cif")
+    exp_dir = tmp_path / "exp"
+
+    env = dict(
+        os.environ,
+        # The copy is outside the repository, so the demo finds the interpreter on PATH.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        SYNTH_HOURS="0.02",
+        SYNTH_DEV_HOURS="0.005",
+        SYNTH_TEST_HOURS="0.005",
+        SYNTH_VOCAB="500",
+        BPE_VOCAB="40",
+        NUM_EPOCHS="2",
+        AVG="1",
+        MAX_DURATION="15",
+        AVERAGE_PERIOD="1",
+        NUM_PLOTS="2",
+        EXP_DIR=str(exp_dir),
+    )
+    proc = subprocess.run(
+        ["bash", str(recipe / "run_demo.sh")], cwd=recipe, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+
+    rows = re.findall(r"^(greedy_search|beam_search|ctc_greedy_search)\s+(test-clean|dev-clean)\s+([0-9.]+)$",
+                      out, flags=re.M)
+    assert {(m, s) for m, s, _ in rows} == {
+        (m, s) for m in ("greedy_search", "beam_search", "ctc_greedy_search") for s in ("test-clean", "dev-clean")
+    }
+    for method, test_set, rate in rows:
+        summary = list((exp_dir / method).glob(f"wer-summary-{test_set}-epoch-2-avg-1*.txt"))
+        assert len(summary) == 1, (method, test_set)
+        # The table shows exactly what the result file holds.
+        assert summary[0].read_text().splitlines()[1].split("\t")[1] == rate
+    for stage in ("data: synthesize + prepare.sh", "train", "decode: greedy_search"):
+        assert re.search(rf"^\s+{re.escape(stage)}\s+\d+ s$", out, flags=re.M), stage
+    plots = list((exp_dir / "greedy_search" / "cif-plots-test-clean").glob("*.png"))
+    assert len(plots) == 2
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
+    assert "Epoch 2, validation" in (proc.stdout + proc.stderr)
