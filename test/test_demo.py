@@ -17,10 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
-def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
+@pytest.mark.parametrize(
+    "corpus, test_sets",
+    [("librispeech", ("test-clean", "dev-clean")), ("aishell", ("test", "dev"))],
+)
+def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     recipe = tmp_path / "ASR"
     recipe.mkdir()
-    src = REPO / "egs" / "librispeech" / "ASR"
+    src = REPO / "egs" / corpus / "ASR"
     shutil.copy(src / "prepare.sh", recipe)
     shutil.copy(src / "run_demo.sh", recipe)
     shutil.copytree(src / "local", recipe / "local", symlinks=False)
@@ -50,10 +54,9 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
-    rows = re.findall(r"^(greedy_search|beam_search|ctc_greedy_search)\s+(test-clean|dev-clean)\s+([0-9.]+)$",
-                      out, flags=re.M)
+    rows = re.findall(r"^(greedy_search|beam_search|ctc_greedy_search)\s+(\S+)\s+([0-9.]+)$", out, flags=re.M)
     assert {(m, s) for m, s, _ in rows} == {
-        (m, s) for m in ("greedy_search", "beam_search", "ctc_greedy_search") for s in ("test-clean", "dev-clean")
+        (m, s) for m in ("greedy_search", "beam_search", "ctc_greedy_search") for s in test_sets
     }
     for method, test_set, rate in rows:
         summary = list((exp_dir / method).glob(f"wer-summary-{test_set}-epoch-2-avg-1*.txt"))
@@ -62,7 +65,7 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path):
         assert summary[0].read_text().splitlines()[1].split("\t")[1] == rate
     for stage in ("data: synthesize + prepare.sh", "train", "decode: greedy_search"):
         assert re.search(rf"^\s+{re.escape(stage)}\s+\d+ s$", out, flags=re.M), stage
-    plots = list((exp_dir / "greedy_search" / "cif-plots-test-clean").glob("*.png"))
+    plots = list((exp_dir / "greedy_search" / f"cif-plots-{test_sets[0]}").glob("*.png"))
     assert len(plots) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert "Epoch 2, validation" in (proc.stdout + proc.stderr)
