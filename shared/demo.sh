@@ -13,7 +13,7 @@ scale=${DEMO_SCALE:-default}
 case "$scale" in
   default)
     : "${SYNTH_HOURS:=1.0}" "${SYNTH_DEV_HOURS:=0.05}" "${SYNTH_TEST_HOURS:=0.1}"
-    : "${NUM_EPOCHS:=5}" "${AVG:=2}" "${MAX_DURATION:=30}"
+    : "${NUM_EPOCHS:=7}" "${AVG:=3}" "${MAX_DURATION:=30}"
     ;;
   large)
     : "${SYNTH_HOURS:=10}" "${SYNTH_DEV_HOURS:=0.3}" "${SYNTH_TEST_HOURS:=0.5}"
