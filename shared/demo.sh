@@ -13,27 +13,27 @@ scale=${DEMO_SCALE:-default}
 case "$scale" in
   default)
     : "${SYNTH_HOURS:=1.0}" "${SYNTH_DEV_HOURS:=0.05}" "${SYNTH_TEST_HOURS:=0.1}"
-    : "${NUM_EPOCHS:=7}" "${AVG:=3}" "${MAX_DURATION:=30}"
+    : "${NUM_EPOCHS:=7}" "${AVG:=3}" "${MAX_DURATION:=15}"
     ;;
   large)
-    : "${SYNTH_HOURS:=10}" "${SYNTH_DEV_HOURS:=0.3}" "${SYNTH_TEST_HOURS:=0.5}"
-    : "${NUM_EPOCHS:=20}" "${AVG:=5}" "${MAX_DURATION:=120}"
+    : "${SYNTH_HOURS:=4}" "${SYNTH_DEV_HOURS:=0.3}" "${SYNTH_TEST_HOURS:=0.5}"
+    : "${NUM_EPOCHS:=10}" "${AVG:=4}" "${MAX_DURATION:=15}"
     ;;
   *)
     echo "Unknown DEMO_SCALE=$scale (use default or large)" >&2
     exit 1
     ;;
 esac
-: "${ENCODER_CONFIG:=tiny}" "${DECODER_TYPE:=cif_ce_ar}" "${BASE_LR:=0.045}"
+: "${ENCODER_CONFIG:=tiny}" "${DECODER_TYPE:=cif_transducer}" "${BASE_LR:=0.045}"
 : "${LR_BATCHES:=2000}" "${LR_EPOCHS:=4}" "${SYNTH_VOCAB:=500}" "${SYNTH_SEED:=0}"
 : "${EXP_DIR:=zipformer_cif/exp-demo-$scale}" "${NUM_PLOTS:=3}"
 # A run of a few hundred batches: a small reference duration takes the encoder's
 # regularisation schedules (dropout, layer skipping) to their final values early in it.
-: "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}"
+: "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}" "${WARM_STEP:=300}"
 
 case "$corpus" in
   librispeech)
-    : "${BPE_VOCAB:=256}"
+    : "${BPE_VOCAB:=500}"
     lang_dir=data/lang_bpe_$BPE_VOCAB
     prepare_opts=(--vocab-sizes "$BPE_VOCAB")
     test_set=test-clean
@@ -78,12 +78,34 @@ fi
 log "Demo of the $corpus recipe (DEMO_SCALE=$scale, on $device): $SYNTH_HOURS h of synthetic speech, " \
     "$NUM_EPOCHS epochs of the '$ENCODER_CONFIG' Zipformer with a $DECODER_TYPE decoder"
 
+# prepare.sh skips every stage whose done-marker exists, so a corpus synthesized with other
+# settings (say, by the default scale before DEMO_SCALE=large) would silently be reused.
+corpus_settings="$corpus hours=$SYNTH_HOURS dev=$SYNTH_DEV_HOURS test=$SYNTH_TEST_HOURS seed=$SYNTH_SEED vocab=$SYNTH_VOCAB"
+stamp=data/.demo-corpus
+if [ -e data/.corpus.done ] && [ "$(cat "$stamp" 2>/dev/null)" != "$corpus_settings" ]; then
+  if [ ! -e "$stamp" ]; then
+    echo "$PWD/data was prepared from a corpus the demo did not make; run the demo in a fresh" \
+      "copy of the recipe, or remove data/ (and download/) to let it start over." >&2
+    exit 1
+  fi
+  log "data/ holds the demo corpus for '$(cat "$stamp")'; rebuilding it for '$corpus_settings'"
+  synth_tree=download/LibriSpeech
+  [ "$corpus" = aishell ] && synth_tree=download/aishell
+  rm -rf data "$synth_tree"
+fi
+
 timed "data: synthesize + prepare.sh" ./prepare.sh --stage 0 --stop-stage 3 --synthetic 1 \
   --synth-hours "$SYNTH_HOURS" --synth-dev-hours "$SYNTH_DEV_HOURS" --synth-test-hours "$SYNTH_TEST_HOURS" \
   --synth-seed "$SYNTH_SEED" --synth-opts "--vocab-size $SYNTH_VOCAB" --perturb-speed 0 \
   --python "$python" "${prepare_opts[@]}"
 
+echo "$corpus_settings" > "$stamp"
+
 model_opts=(--encoder-config "$ENCODER_CONFIG" --decoder-type "$DECODER_TYPE")
+if [ "$DECODER_TYPE" = cif_transducer ]; then
+  # icefall's 2000-batch warm-up of the pruned loss is longer than the whole default demo.
+  model_opts+=(--warm-step "$WARM_STEP")
+fi
 
 # One intra-op thread: on 2 cores the second one is better spent on data loading, and
 # the tiny model trained at 12x real time with 1 thread, 3x with 2 on a busy machine.

@@ -54,10 +54,10 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
-    rows = re.findall(r"^(greedy_search|beam_search|ctc_greedy_search)\s+(\S+)\s+([0-9.]+)$", out, flags=re.M)
-    assert {(m, s) for m, s, _ in rows} == {
-        (m, s) for m in ("greedy_search", "beam_search", "ctc_greedy_search") for s in test_sets
-    }
+    # The default decoder is the CIF transducer, whose beam search is modified_beam_search.
+    methods = ("greedy_search", "modified_beam_search", "ctc_greedy_search")
+    rows = re.findall(rf"^({'|'.join(methods)})\s+(\S+)\s+([0-9.]+)$", out, flags=re.M)
+    assert {(m, s) for m, s, _ in rows} == {(m, s) for m in methods for s in test_sets}
     for method, test_set, rate in rows:
         summary = list((exp_dir / method).glob(f"wer-summary-{test_set}-epoch-2-avg-1*.txt"))
         assert len(summary) == 1, (method, test_set)
@@ -69,3 +69,18 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert len(plots) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert "Epoch 2, validation" in (proc.stdout + proc.stderr)
+
+
+def test_demo_refuses_data_it_did_not_make(tmp_path):
+    recipe = tmp_path / "ASR"
+    (recipe / "data").mkdir(parents=True)
+    (recipe / "data" / ".corpus.done").touch()
+    (recipe / "shared").symlink_to(REPO / "shared")
+    shutil.copy(REPO / "egs" / "librispeech" / "ASR" / "run_demo.sh", recipe)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        ["bash", str(recipe / "run_demo.sh")], cwd=recipe, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert "was prepared from a corpus the demo did not make" in proc.stderr
+    assert (recipe / "data" / ".corpus.done").exists()
