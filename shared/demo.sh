@@ -29,7 +29,7 @@ esac
 : "${EXP_DIR:=zipformer_cif/exp-demo-$scale}" "${NUM_PLOTS:=3}"
 # A run of a few hundred batches: a small reference duration takes the encoder's
 # regularisation schedules (dropout, layer skipping) to their final values early in it.
-: "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}" "${WARM_STEP:=300}"
+: "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}" "${WARM_STEP:=300}" "${NUM_THREADS:=2}"
 
 case "$corpus" in
   librispeech)
@@ -76,7 +76,7 @@ if "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else
   device=gpu
 fi
 log "Demo of the $corpus recipe (DEMO_SCALE=$scale, on $device): $SYNTH_HOURS h of synthetic speech, " \
-    "$NUM_EPOCHS epochs of the '$ENCODER_CONFIG' Zipformer with a $DECODER_TYPE decoder"
+    "$NUM_EPOCHS epochs of the '$ENCODER_CONFIG' Zipformer with a $DECODER_TYPE decoder, $NUM_THREADS CPU threads"
 
 # prepare.sh skips every stage whose done-marker exists, so a corpus synthesized with other
 # settings (say, by the default scale before DEMO_SCALE=large) would silently be reused.
@@ -107,13 +107,14 @@ if [ "$DECODER_TYPE" = cif_transducer ]; then
   model_opts+=(--warm-step "$WARM_STEP")
 fi
 
-# One intra-op thread: on 2 cores the second one is better spent on data loading, and
-# the tiny model trained at 12x real time with 1 thread, 3x with 2 on a busy machine.
-timed "train" env OMP_NUM_THREADS="${NUM_THREADS:-1}" "$python" ./zipformer_cif/train.py "${model_opts[@]}" \
+# Two intra-op threads: alone on the 2-core machine the tiny model trains at 28.6x real time,
+# against 19.1x with one (BENCHMARKS.md). On a machine other jobs share, OpenMP threads
+# spin-waiting for a descheduled peer can make it many times slower: use NUM_THREADS=1 there.
+timed "train" env OMP_NUM_THREADS="$NUM_THREADS" "$python" ./zipformer_cif/train.py "${model_opts[@]}" \
   --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --num-epochs "$NUM_EPOCHS" \
   --max-duration "$MAX_DURATION" --base-lr "$BASE_LR" --lr-batches "$LR_BATCHES" --lr-epochs "$LR_EPOCHS" \
   --warmup-batches 100 --average-period "$AVERAGE_PERIOD" --save-every-n 200 --keep-last-k 3 --log-interval 20 \
-  --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION"
+  --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION" --num-threads "$NUM_THREADS"
 
 methods=(greedy_search)
 case "$DECODER_TYPE" in
@@ -127,7 +128,7 @@ for method in "${methods[@]}"; do
   [ "$method" = greedy_search ] && plots=$NUM_PLOTS
   timed "decode: $method" "$python" ./zipformer_cif/decode.py "${model_opts[@]}" \
     --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" --use-averaged-model 1 \
-    --max-duration 200 --decoding-method "$method" --beam-size 4 --num-plots "$plots"
+    --max-duration 200 --decoding-method "$method" --beam-size 4 --num-plots "$plots" --num-threads "$NUM_THREADS"
 done
 
 echo
