@@ -23,14 +23,22 @@ $(STAMP): requirements.txt pyproject.toml | system-deps
 	$(VPY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-# espeak-ng synthesizes the demo and test corpora; sox is used for audio checks.
+# espeak-ng synthesizes the demo and test corpora; sox is used for audio checks; a CJK font
+# (1.6 MB) lets the AISHELL demo's CIF plots show characters rather than token ids.
+SYSTEM_PACKAGES = espeak-ng sox fonts-wqy-microhei
 system-deps:
-	@if command -v espeak-ng >/dev/null 2>&1; then exit 0; fi; \
+	@missing=""; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	command -v sox >/dev/null 2>&1 || missing="$$missing sox"; \
+	[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || missing="$$missing fonts-wqy-microhei"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "Installing espeak-ng (needed for the synthetic corpora)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; \
+		echo "Installing$$missing with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	elif command -v espeak-ng >/dev/null 2>&1; then \
+		echo "Optional packages missing:$$missing (sudo apt-get install -y$$missing)"; \
 	else \
-		echo "espeak-ng is missing. Install it with: sudo apt-get install -y espeak-ng sox"; exit 1; \
+		echo "espeak-ng is missing. Install it with: sudo apt-get install -y $(SYSTEM_PACKAGES)"; exit 1; \
 	fi
 
 test: $(STAMP)

@@ -29,6 +29,17 @@ def _fonts() -> Tuple[List[str], Callable[[str], bool]]:
     from matplotlib.ft2font import FT2Font
 
     installed = {f.name for f in font_manager.fontManager.ttflist}
+    if not installed.intersection(CJK_FONTS):
+        # matplotlib's font cache predates a font installed after its first run (`make` installs
+        # one): register the system's font files it has not seen.
+        known = {f.fname for f in font_manager.fontManager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):
+                    continue
+        installed = {f.name for f in font_manager.fontManager.ttflist}
     families = ["DejaVu Sans"] + [name for name in CJK_FONTS if name in installed]
     faces = [FT2Font(font_manager.findfont(font_manager.FontProperties(family=name))) for name in families]
 
