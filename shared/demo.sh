@@ -2,7 +2,7 @@
 # The main job, end to end, on a synthetic corpus in the real layout:
 #   synthesize -> prepare.sh (manifests, fbank, tokens) -> train.py -> decode.py -> WER/CER table.
 # Each recipe's run_demo.sh calls it from egs/<corpus>/ASR as `demo.sh <corpus>`.
-# DEMO_SCALE=default (about 21 minutes on 2 CPU cores) or large (about 1.5-2 hours on 2 CPU cores,
+# DEMO_SCALE=default (18-21 minutes on 2 CPU cores) or large (about 1.5-2 hours on 2 CPU cores,
 # not yet measured end to end; minutes on a GPU).
 # Any variable below can be overridden from the environment, e.g. NUM_EPOCHS=3 ./run_demo.sh.
 
