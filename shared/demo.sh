@@ -37,12 +37,14 @@ case "$corpus" in
     : "${BPE_VOCAB:=500}"
     lang_dir=data/lang_bpe_$BPE_VOCAB
     prepare_opts=(--vocab-sizes "$BPE_VOCAB")
+    synth_tree=download/LibriSpeech
     test_set=test-clean
     metric=WER
     ;;
   aishell)
     lang_dir=data/lang_char
     prepare_opts=()
+    synth_tree=download/aishell
     test_set=test
     metric=CER
     ;;
@@ -90,8 +92,6 @@ if [ -e data/.corpus.done ] && [ "$(cat "$stamp" 2>/dev/null)" != "$corpus_setti
     exit 1
   fi
   log "data/ holds the demo corpus for '$(cat "$stamp")'; rebuilding it for '$corpus_settings'"
-  synth_tree=download/LibriSpeech
-  [ "$corpus" = aishell ] && synth_tree=download/aishell
   rm -rf data "$synth_tree"
 fi
 
