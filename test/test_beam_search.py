@@ -4,9 +4,13 @@
   method, LM fusion and n-best rescoring included.
 - Beam 1 equals greedy search; LM fusion with scale 0 equals no fusion.
 - The batched searches equal naive per-utterance, per-hypothesis references written here in
-  float64: the transducer reference merges hypotheses in a dict, the AR reference re-runs the
+  float64: the transducer reference merges hypotheses in a dict (also with several tokens per
+  CIF vector), the AR reference re-runs the
   teacher-forced parallel decoder instead of the cached step, and the LM terms come from the
   n-gram's scalar back-off queries or a plain forward of the RNN LM.
+- With a beam wide enough to prune nothing, the transducer search returns every sequence with
+  its exact log-probability, from brute-force enumeration of all alignments (1-3 tokens per
+  CIF vector).
 - CTC prefix beam search equals brute-force enumeration of all alignments.
 """
 import itertools
@@ -147,27 +151,54 @@ def top_k(cands: Dict[Tuple[int, ...], float], k: int) -> Dict[Tuple[int, ...], 
     return dict(sorted(cands.items(), key=lambda kv: -kv[1])[:k])
 
 
+def log_add_into(cands: Dict[Tuple[int, ...], float], seq: Tuple[int, ...], score: float) -> None:
+    old = cands.get(seq, NEG_INF)
+    cands[seq] = max(old, score) + math.log1p(math.exp(-abs(old - score))) if old > NEG_INF else score
+
+
 def reference_modified_beam_search(
-    model, cif: torch.Tensor, K: int, lm, lm_scale: float
+    model, cif: torch.Tensor, K: int, lm, lm_scale: float, max_sym: int = 1
 ) -> List[Tuple[List[int], float]]:
-    """One utterance, cif (U, C): a dict of sequences, extended and log-add-merged one by one."""
+    """One utterance, cif (U, C): dicts of sequences, extended and log-add-merged one by one.
+
+    Per CIF vector, up to `max_sym` rounds: blank finishes a hypothesis, a token keeps it
+    open (the best K open ones go on) except in the last round, where every extension
+    finishes; finished ones are merged into the best K, and open ones below the K-th
+    finished score are dropped.
+    """
     decoder, joiner, blank, cs = model.decoder, model.joiner, model.blank_id, model.decoder.context_size
     hyps: Dict[Tuple[int, ...], float] = {(): 0.0}
     for t in range(cif.size(0)):
-        cands: Dict[Tuple[int, ...], float] = {}
-        for seq, score in hyps.items():
-            context = ([-1] * (cs - 1) + [blank] + list(seq))[-cs:]
-            dec = decoder(torch.tensor([context]), need_pad=False)[0, 0]
-            log_probs = joiner(cif[t], dec).log_softmax(dim=-1)
-            for v in range(log_probs.numel()):
-                new, s = seq, score + float(log_probs[v])
-                if v != blank:
-                    new = seq + (v,)
+        open_hyps, finished = hyps, {}
+        for round_ in range(max_sym):
+            last = round_ == max_sym - 1
+            new_finished: Dict[Tuple[int, ...], float] = {}
+            new_open: Dict[Tuple[int, ...], float] = {}
+            for seq, score in open_hyps.items():
+                context = ([-1] * (cs - 1) + [blank] + list(seq))[-cs:]
+                dec = decoder(torch.tensor([context]), need_pad=False)[0, 0]
+                log_probs = joiner(cif[t], dec).log_softmax(dim=-1)
+                for v in range(log_probs.numel()):
+                    s = score + float(log_probs[v])
+                    if v == blank:
+                        log_add_into(new_finished, seq, s)
+                        continue
                     if lm is not None:
                         s += lm_scale * lm_token_term(lm, seq, v, blank)
-                old = cands.get(new, NEG_INF)
-                cands[new] = max(old, s) + math.log1p(math.exp(-abs(old - s))) if old > NEG_INF else s
-        hyps = top_k(cands, K)
+                    if last:
+                        log_add_into(new_finished, seq + (v,), s)
+                    else:
+                        new_open[seq + (v,)] = s
+            if last:
+                new_finished = top_k(new_finished, K)
+            for seq, score in new_finished.items():
+                log_add_into(finished, seq, score)
+            finished = top_k(finished, K)
+            kth = sorted(finished.values(), reverse=True)[K - 1] if len(finished) >= K else NEG_INF
+            open_hyps = {seq: sc for seq, sc in top_k(new_open, K).items() if sc >= kth}
+            if not open_hyps:
+                break
+        hyps = finished
     if lm is not None:
         hyps = {seq: s + lm_scale * lm_eos_term(lm, seq, blank) for seq, s in hyps.items()}
     return [(list(seq), s) for seq, s in sorted(hyps.items(), key=lambda kv: -kv[1])]
@@ -230,6 +261,109 @@ def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
             # The n-gram's distribution tensors are float32; everything else runs in float64.
             tol = 1e-5 if lm_kind == "ngram" else 1e-9
             assert [h.score for h in got[i]] == pytest.approx([s for _, s in expected], rel=tol, abs=tol)
+
+
+class FixedCifTransducer(nn.Module):
+    """A cif_transducer whose CIF layer returns the given vectors (N, U, C) and counts (N,)."""
+
+    decoder_type = "cif_transducer"
+
+    def __init__(self, model: nn.Module, cif: torch.Tensor, cif_lens: List[int]):
+        super().__init__()
+        self.decoder, self.joiner = model.decoder, model.joiner
+        self.blank_id, self.vocab_size = model.blank_id, model.vocab_size
+        self.cif, self.cif_lens = cif, torch.tensor(cif_lens)
+
+    def forward_cif(self, encoder_out, encoder_out_lens):
+        N, U, _ = self.cif.shape
+        frames = torch.arange(U).expand(N, U)
+        frames = torch.where(frames < self.cif_lens.unsqueeze(1), frames, -1)
+        return CifPredictorOutput(self.cif, self.cif_lens, torch.zeros(N, U), frames, None)
+
+
+def fixed_cif_transducer(vocab_size: int, cif_lens: List[int], seed: int) -> FixedCifTransducer:
+    torch.manual_seed(seed)
+    model = build_tiny_model("cif_transducer", vocab_size).double()
+    # An untrained joiner's distributions are nearly flat; sharpen them so that the beam has
+    # real choices to make, and make blank rarer so that vectors carry several tokens.
+    with torch.no_grad():
+        model.joiner.output_linear.weight.mul_(8.0)
+        model.joiner.output_linear.bias[model.blank_id] -= 2.0
+    dim = model.joiner.encoder_proj.in_features
+    cif = 3 * torch.randn(len(cif_lens), max(cif_lens), dim, dtype=torch.float64)
+    return FixedCifTransducer(model, cif, cif_lens)
+
+
+def brute_force_transducer(model: FixedCifTransducer, cif: torch.Tensor, max_sym: int) -> Dict[Tuple[int, ...], float]:
+    """log p(sequence) for every sequence, summed over every alignment with at most `max_sym`
+    tokens per CIF vector (after `max_sym` tokens the next vector starts without a blank)."""
+    decoder, joiner, blank, cs = model.decoder, model.joiner, model.blank_id, model.decoder.context_size
+
+    def log_probs(t: int, seq: Tuple[int, ...]) -> torch.Tensor:
+        context = ([-1] * (cs - 1) + [blank] + list(seq))[-cs:]
+        return joiner(cif[t], decoder(torch.tensor([context]), need_pad=False)[0, 0]).log_softmax(dim=-1)
+
+    paths: Dict[Tuple[int, ...], float] = {(): 0.0}
+    for t in range(cif.size(0)):
+        after: Dict[Tuple[int, ...], float] = {}
+        stack = [(seq, score, 0) for seq, score in paths.items()]
+        while stack:
+            seq, score, emitted = stack.pop()
+            if emitted == max_sym:
+                log_add_into(after, seq, score)
+                continue
+            lp = log_probs(t, seq).tolist()
+            log_add_into(after, seq, score + lp[blank])
+            stack.extend((seq + (v,), score + lp[v], emitted + 1) for v in range(len(lp)) if v != blank)
+        paths = after
+    return paths
+
+
+@pytest.mark.parametrize("max_sym", [1, 2, 3])
+def test_transducer_beam_search_with_a_wide_beam_is_exact(max_sym):
+    # Vocabulary {blank, 1, 2} and 3 CIF vectors: fewer than 2**(3 * max_sym + 1) sequences;
+    # a beam that holds them all prunes nothing, so every sequence comes back with the log-sum
+    # of the probabilities of all its alignments.
+    model = fixed_cif_transducer(3, [3, 2], seed=4)
+    K = 2 ** (3 * max_sym + 1)
+    with torch.no_grad():
+        got = modified_beam_search(model, None, None, beam_size=K, max_sym_per_frame=max_sym)
+        for i, n in enumerate(model.cif_lens.tolist()):
+            expected = brute_force_transducer(model, model.cif[i, :n], max_sym)
+            assert len(got[i]) == len(expected)
+            assert {tuple(h.tokens): h.score for h in got[i]} == pytest.approx(expected, rel=1e-9, abs=1e-9)
+            assert math.fsum(math.exp(s) for s in expected.values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("max_sym", [2, 3])
+@pytest.mark.parametrize("lm_kind", [None, "ngram", "rnn"])
+def test_multi_symbol_transducer_search_equals_naive_reference(max_sym, lm_kind):
+    model = fixed_cif_transducer(10, [7, 3, 5], seed=5)
+    lm, lm_scale = None, 0.0
+    if lm_kind == "ngram":
+        lm, lm_scale = estimate_kneser_ney(random_lm_corpus(10, 3), 10, order=3), 0.7
+    elif lm_kind == "rnn":
+        torch.manual_seed(3)
+        lm, lm_scale = RnnLm(10, 8, 16, 1, dropout=0.0).double().eval(), 0.7
+    K = 3
+    with torch.no_grad():
+        got = modified_beam_search(model, None, None, beam_size=K, lm=lm, lm_scale=lm_scale, max_sym_per_frame=max_sym)
+        greedy_like = modified_beam_search(model, None, None, beam_size=K, max_sym_per_frame=1)
+        for i, n in enumerate(model.cif_lens.tolist()):
+            expected = reference_modified_beam_search(model, model.cif[i, :n], K, lm, lm_scale, max_sym)
+            assert [h.tokens for h in got[i]] == [seq for seq, _ in expected], i
+            tol = 1e-5 if lm_kind == "ngram" else 1e-9
+            assert [h.score for h in got[i]] == pytest.approx([s for _, s in expected], rel=tol, abs=tol)
+    # The case this search is for: some hypothesis emits more tokens than there are vectors.
+    if lm_kind is None:
+        assert any(len(h.tokens) > n for nbest, n in zip(got, model.cif_lens.tolist()) for h in nbest)
+        assert got != greedy_like
+
+
+def test_max_sym_per_frame_must_be_positive():
+    model = fixed_cif_transducer(3, [2], seed=0)
+    with pytest.raises(ValueError, match="max_sym_per_frame must be >= 1, got 0"):
+        modified_beam_search(model, None, None, beam_size=2, max_sym_per_frame=0)
 
 
 # ---------------------------------------------------------------------- fusion and rescoring at work

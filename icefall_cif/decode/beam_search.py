@@ -1,8 +1,8 @@
 """Batched beam searches over CIF vectors, LM shallow fusion and n-best LM rescoring.
 
 - `modified_beam_search` (cif_transducer): icefall's modified beam search with the CIF vectors
-  as frames: at most one symbol per frame, hypotheses with the same token sequence merged by
-  log-add.
+  as frames, hypotheses with the same token sequence merged by log-add; at most one symbol per
+  frame as in icefall, or up to `max_sym_per_frame` as greedy search allows.
 - `ce_beam_search` (cif_ce_ar / cif_ce_nar): label-synchronous beam, one token per CIF vector.
   The AR decoder is re-run per step with its cache reordered; the NAR decoder's positions are
   independent, so its beam is over per-position log-probs and only an LM makes it differ from
@@ -187,6 +187,78 @@ def _lm_eos_scores(lm, lm_state, scores: torch.Tensor, lm_scale: float) -> torch
 
 
 # ---------------------------------------------------------------------- transducer
+@dataclass
+class _Beam:
+    """K hypotheses per utterance of the transducer search.
+
+    scores (N, K), -inf in empty slots; tokens (N, K, L) padded with -1; lens (N, K);
+    context (N, K, context_size) the decoder's input; lm_state rows (N*K, ...) or None.
+    """
+
+    scores: torch.Tensor
+    tokens: torch.Tensor
+    lens: torch.Tensor
+    context: torch.Tensor
+    lm_state: Optional[tuple]
+
+
+def _pick(beam: _Beam, parent: torch.Tensor) -> _Beam:
+    """The hypotheses in (N, K') slots `parent` of `beam`, scores unchanged."""
+    lm_state = None
+    if beam.lm_state is not None:
+        N, M = beam.scores.shape
+        rows = (torch.arange(N, device=parent.device).unsqueeze(1) * M + parent).view(-1)
+        lm_state = select_lm_state(beam.lm_state, rows)
+    return _Beam(
+        reorder(beam.scores, parent), reorder(beam.tokens, parent), reorder(beam.lens, parent),
+        reorder(beam.context, parent), lm_state,
+    )
+
+
+def _concat(a: _Beam, b: _Beam) -> _Beam:
+    """The slots of `a` then those of `b`, per utterance: (N, Ka + Kb)."""
+    lm_state = None
+    if a.lm_state is not None:
+        N = a.scores.size(0)
+        lm_state = tuple(
+            torch.cat([x.view(N, -1, *x.shape[1:]), y.view(N, -1, *y.shape[1:])], dim=1).flatten(0, 1)
+            for x, y in zip(a.lm_state, b.lm_state)
+        )
+    return _Beam(
+        torch.cat([a.scores, b.scores], dim=1), torch.cat([a.tokens, b.tokens], dim=1),
+        torch.cat([a.lens, b.lens], dim=1), torch.cat([a.context, b.context], dim=1), lm_state,
+    )
+
+
+def _best_distinct(a: _Beam, b: _Beam, K: int) -> _Beam:
+    """The K best distinct token sequences of `a` and `b`, equal sequences merged by log-add."""
+    both = _concat(a, b)
+    valid = both.scores > NEG_INF
+    same = (both.tokens.unsqueeze(2) == both.tokens.unsqueeze(1)).all(dim=3)
+    same = same & valid.unsqueeze(2) & valid.unsqueeze(1)  # (N, M, M)
+    merged = torch.logsumexp(both.scores.unsqueeze(1).masked_fill(~same, NEG_INF), dim=2)
+    # Only the first slot of each sequence keeps it (the lower triangle finds earlier copies).
+    first = ~torch.tril(same, diagonal=-1).any(dim=2)
+    both.scores = torch.where(valid & first, merged, torch.full_like(merged, NEG_INF))
+    top_scores, parent = both.scores.topk(K, dim=1)
+    best = _pick(both, parent)
+    best.scores = top_scores
+    return best
+
+
+def _where(mask: torch.Tensor, a: _Beam, b: _Beam) -> _Beam:
+    """Per utterance, `a` where (N,) bool `mask` is True, else `b`."""
+    lm_state = None
+    if a.lm_state is not None:
+        K = a.scores.size(1)
+        lm_state = where_lm_state(mask.repeat_interleave(K), a.lm_state, b.lm_state)
+    m2, m3 = mask.view(-1, 1), mask.view(-1, 1, 1)
+    return _Beam(
+        torch.where(m2, a.scores, b.scores), torch.where(m3, a.tokens, b.tokens),
+        torch.where(m2, a.lens, b.lens), torch.where(m3, a.context, b.context), lm_state,
+    )
+
+
 @torch.no_grad()
 def modified_beam_search(
     model: nn.Module,
@@ -195,6 +267,7 @@ def modified_beam_search(
     beam_size: int = 4,
     lm=None,
     lm_scale: float = 0.0,
+    max_sym_per_frame: int = 1,
 ) -> List[NBest]:
     """Modified beam search of the CIF transducer, optionally with LM shallow fusion.
 
@@ -204,16 +277,28 @@ def modified_beam_search(
     merged by log-add, and the best `beam_size` distinct sequences are kept. Unlike icefall,
     which merges after its top-k and may keep fewer, the merge happens before the top-k.
 
+    With `max_sym_per_frame` S > 1 a hypothesis may emit up to S tokens from one CIF vector,
+    as greedy search does. CIF fires about once per token, so a vector often has to carry two
+    when the CIF layer fired too few times; with S = 1 those tokens are lost. Each vector is
+    then searched in up to S rounds: blank finishes a hypothesis for this vector, a token
+    keeps it open for another round (the best K open ones go on), and in round S every
+    extension finishes. The finished ones are merged by token sequence and the best K kept;
+    an open hypothesis already below the K-th finished score is dropped, since scores only
+    fall (exact without an LM, whose `</s>` term comes at the end).
+
     Args:
       model: a CifAsrModel with decoder_type "cif_transducer".
       encoder_out: (N, T', C) from `model.forward_encoder`; encoder_out_lens (N,).
       beam_size: K.
       lm: optional LM (`icefall_cif.lm` state API) for shallow fusion.
       lm_scale: its weight.
+      max_sym_per_frame: S, the most tokens one CIF vector may emit (icefall's search: 1).
     Returns:
       per utterance, its final hypotheses best first.
     """
     _check_beam_size(beam_size)
+    if max_sym_per_frame < 1:
+        raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
     cif_out = model.forward_cif(encoder_out, encoder_out_lens)
     cif, cif_lens = cif_out.cif, cif_out.cif_lens
     decoder, joiner = model.decoder, model.joiner
@@ -222,50 +307,71 @@ def modified_beam_search(
     K = beam_size
     device = cif.device
 
-    scores, tokens, lens = init_beam(N, K, U, device, _score_dtype(cif))
+    scores, tokens, lens = init_beam(N, K, U * max_sym_per_frame, device, _score_dtype(cif))
     # As in greedy search: the first prediction sees [no token] * (context_size - 1) + [blank].
     context = torch.full((N, K, context_size), -1, dtype=torch.int64, device=device)
     context[:, :, -1] = blank
+    beam = _Beam(scores, tokens, lens, context, None)
     enc = joiner.encoder_proj(cif)  # (N, U, J)
     if lm is not None:
-        lm_state = lm.init_state(N * K, device)
+        beam.lm_state = lm.init_state(N * K, device)
         is_text = _text_tokens(model.vocab_size, blank, lm, device)
 
-    for t in range(U):
-        active = (t < cif_lens).view(N, 1)
-        dec = joiner.decoder_proj(decoder(context.view(N * K, context_size), need_pad=False))
+    def extension_scores(hyps: _Beam, t: int) -> torch.Tensor:
+        """(N, K, V) score of each hypothesis followed by each symbol at CIF vector t."""
+        dec = joiner.decoder_proj(decoder(hyps.context.view(N * K, context_size), need_pad=False))
         logits = joiner(enc[:, t].unsqueeze(1), dec.view(N, K, -1), project_input=False)
-        cand = scores.unsqueeze(2) + logits.log_softmax(dim=-1)  # (N, K, V)
+        cand = hyps.scores.unsqueeze(2) + logits.log_softmax(dim=-1)
         if lm is not None:
-            lm_term = _lm_term(lm_state[0].view(N, K, -1).to(cand.dtype), is_text)
+            lm_term = _lm_term(hyps.lm_state[0].view(N, K, -1).to(cand.dtype), is_text)
             # Blank is no emission: it is not scored by the LM at all.
             lm_term[:, :, blank] = 0.0
             cand = cand + lm_scale * lm_term
+        return cand
 
-        valid = scores > NEG_INF
-        matches = one_token_extensions(tokens, lens, valid)
-        stay, cand = merge_extensions(cand[:, :, blank], cand, matches, last_tokens(tokens, lens))
-        cand[:, :, blank] = stay
-        # Utterances past their last CIF vector keep their beam as it is.
-        frozen = torch.full_like(cand, NEG_INF)
-        frozen[:, :, blank] = scores
-        cand = torch.where(active.unsqueeze(2), cand, frozen)
-
+    def extend(hyps: _Beam, cand: torch.Tensor) -> _Beam:
+        """The best K of the (N, K, V) candidates; a blank candidate keeps its sequence."""
         V = cand.size(2)
         top_scores, top_index = cand.view(N, K * V).topk(K, dim=1)
         parent, new_token = top_index // V, top_index % V
         emit = (new_token != blank) & (top_scores > NEG_INF)
-
-        scores = top_scores
-        tokens, lens = append_tokens(reorder(tokens, parent), reorder(lens, parent), new_token, emit)
-        shifted = torch.cat([reorder(context, parent)[:, :, 1:], new_token.unsqueeze(2)], dim=2)
-        context = torch.where(emit.unsqueeze(2), shifted, reorder(context, parent))
+        tokens, lens = append_tokens(reorder(hyps.tokens, parent), reorder(hyps.lens, parent), new_token, emit)
+        kept_context = reorder(hyps.context, parent)
+        shifted = torch.cat([kept_context[:, :, 1:], new_token.unsqueeze(2)], dim=2)
+        context = torch.where(emit.unsqueeze(2), shifted, kept_context)
+        lm_state = None
         if lm is not None:
-            lm_state = _advance_lm(lm, lm_state, _flat_parent_index(parent), new_token, emit & is_text[new_token])
+            lm_state = _advance_lm(lm, hyps.lm_state, _flat_parent_index(parent), new_token, emit & is_text[new_token])
+        return _Beam(top_scores, tokens, lens, context, lm_state)
 
+    for t in range(U):
+        open_hyps, finished = beam, None
+        for round_ in range(max_sym_per_frame):
+            cand = extension_scores(open_hyps, t)
+            if round_ == max_sym_per_frame - 1:
+                valid = open_hyps.scores > NEG_INF
+                matches = one_token_extensions(open_hyps.tokens, open_hyps.lens, valid)
+                last = last_tokens(open_hyps.tokens, open_hyps.lens)
+                stay, cand = merge_extensions(cand[:, :, blank], cand, matches, last)
+                cand[:, :, blank] = stay
+                done = extend(open_hyps, cand)
+                finished = done if finished is None else _best_distinct(finished, done, K)
+                break
+            done = _Beam(cand[:, :, blank].clone(), open_hyps.tokens, open_hyps.lens, open_hyps.context, open_hyps.lm_state)
+            finished = done if finished is None else _best_distinct(finished, done, K)
+            cand[:, :, blank] = NEG_INF
+            open_hyps = extend(open_hyps, cand)
+            kth_finished = finished.scores.topk(K, dim=1).values[:, -1:]
+            open_hyps.scores = open_hyps.scores.masked_fill(open_hyps.scores < kth_finished, NEG_INF)
+            if not bool((open_hyps.scores > NEG_INF).any()):
+                break
+        # Utterances past their last CIF vector keep their beam as it is.
+        beam = _where(t < cif_lens, finished, beam)
+
+    scores = beam.scores
     if lm is not None:
-        scores = _lm_eos_scores(lm, lm_state, scores, lm_scale)
-    return beam_to_nbest(scores, tokens, lens)
+        scores = _lm_eos_scores(lm, beam.lm_state, scores, lm_scale)
+    return beam_to_nbest(scores, beam.tokens, beam.lens)
 
 
 # ---------------------------------------------------------------------- CE decoders

@@ -64,9 +64,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
                    help="Which search; the beam methods apply to one decoder type each (see search.py).")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--max-sym-per-frame", type=int, default=3,
-                   help="cif_transducer greedy_search: most symbols per CIF vector. icefall's 1 suits 25 Hz frames; "
-                        "a CIF vector carries about one token and the transducer may emit it on a neighbour, which "
-                        "1 would drop (see greedy_search).")
+                   help="cif_transducer greedy and beam searches: most symbols per CIF vector. icefall's 1 suits "
+                        "25 Hz frames; a CIF vector carries about one token and, where the CIF layer fired too few "
+                        "times, has to carry two, which 1 would drop (see greedy_search, modified_beam_search).")
     g.add_argument("--lm-type", type=str, default=None, choices=["ngram", "rnn"],
                    help="LM for shallow fusion / n-best rescoring (trained by local/train_lm.py).")
     g.add_argument("--lm-path", type=Path, default=None, help="The LM file (ARPA for ngram, .pt for rnn).")

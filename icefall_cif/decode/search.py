@@ -108,15 +108,13 @@ def decode_batch(
             model.ctc_log_probs(encoder_out), encoder_out_lens, opts.beam_size, model.blank_id
         )
     else:
-        search = modified_beam_search if decoder_type == "cif_transducer" else ce_beam_search
-        nbest = search(
-            model,
-            encoder_out,
-            encoder_out_lens,
-            beam_size=opts.beam_size,
-            lm=lm if fusion else None,
-            lm_scale=opts.lm_scale,
-        )
+        search_opts = dict(beam_size=opts.beam_size, lm=lm if fusion else None, lm_scale=opts.lm_scale)
+        if decoder_type == "cif_transducer":
+            nbest = modified_beam_search(
+                model, encoder_out, encoder_out_lens, max_sym_per_frame=opts.max_sym_per_frame, **search_opts
+            )
+        else:
+            nbest = ce_beam_search(model, encoder_out, encoder_out_lens, **search_opts)
     if rescore:
         return rescore_nbest(nbest, lm, opts.nbest_scale, opts.num_paths, model.blank_id)
     return best_hyps(nbest)
