@@ -15,7 +15,7 @@
 """
 import itertools
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import pytest
 import torch
@@ -228,6 +228,16 @@ def reference_ce_beam_search(model, cif, nar_log_probs, K, lm, lm_scale) -> List
     return [(list(seq), s) for seq, s in sorted(hyps.items(), key=lambda kv: -kv[1])]
 
 
+def reference_lm(lm_kind: Optional[str]) -> Tuple[Optional[object], float]:
+    """The LM (vocabulary 10) and fusion scale the reference comparisons run with."""
+    if lm_kind == "ngram":
+        return estimate_kneser_ney(random_lm_corpus(10, 3), 10, order=3), 0.7
+    if lm_kind == "rnn":
+        torch.manual_seed(3)
+        return RnnLm(10, 8, 16, 1, dropout=0.0).double().eval(), 0.7
+    return None, 0.0
+
+
 @pytest.mark.parametrize("decoder_type", DECODER_TYPES)
 @pytest.mark.parametrize("lm_kind", [None, "ngram", "rnn"])
 def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
@@ -235,12 +245,7 @@ def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
     model = build_tiny_model(decoder_type).double()
     encoder_out, lens = make_encoder_out([22, 8, 15], model.encoder_dim, seed=2)
     encoder_out = encoder_out.double()
-    lm, lm_scale = None, 0.0
-    if lm_kind == "ngram":
-        lm, lm_scale = estimate_kneser_ney(random_lm_corpus(10, 3), 10, order=3), 0.7
-    elif lm_kind == "rnn":
-        torch.manual_seed(3)
-        lm, lm_scale = RnnLm(10, 8, 16, 1, dropout=0.0).double().eval(), 0.7
+    lm, lm_scale = reference_lm(lm_kind)
     K = 3
     with torch.no_grad():
         cif_out = model.forward_cif(encoder_out, lens)
@@ -263,6 +268,14 @@ def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
             assert [h.score for h in got[i]] == pytest.approx([s for _, s in expected], rel=tol, abs=tol)
 
 
+def fixed_cif_output(cif: torch.Tensor, cif_lens: torch.Tensor) -> CifPredictorOutput:
+    """A CIF layer's output holding the given vectors (N, U, C) and counts (N,)."""
+    N, U, _ = cif.shape
+    frames = torch.arange(U).expand(N, U)
+    frames = torch.where(frames < cif_lens.unsqueeze(1), frames, -1)
+    return CifPredictorOutput(cif, cif_lens, torch.zeros(N, U), frames, None)
+
+
 class FixedCifTransducer(nn.Module):
     """A cif_transducer whose CIF layer returns the given vectors (N, U, C) and counts (N,)."""
 
@@ -275,10 +288,7 @@ class FixedCifTransducer(nn.Module):
         self.cif, self.cif_lens = cif, torch.tensor(cif_lens)
 
     def forward_cif(self, encoder_out, encoder_out_lens):
-        N, U, _ = self.cif.shape
-        frames = torch.arange(U).expand(N, U)
-        frames = torch.where(frames < self.cif_lens.unsqueeze(1), frames, -1)
-        return CifPredictorOutput(self.cif, self.cif_lens, torch.zeros(N, U), frames, None)
+        return fixed_cif_output(self.cif, self.cif_lens)
 
 
 def fixed_cif_transducer(vocab_size: int, cif_lens: List[int], seed: int) -> FixedCifTransducer:
@@ -339,12 +349,7 @@ def test_transducer_beam_search_with_a_wide_beam_is_exact(max_sym):
 @pytest.mark.parametrize("lm_kind", [None, "ngram", "rnn"])
 def test_multi_symbol_transducer_search_equals_naive_reference(max_sym, lm_kind):
     model = fixed_cif_transducer(10, [7, 3, 5], seed=5)
-    lm, lm_scale = None, 0.0
-    if lm_kind == "ngram":
-        lm, lm_scale = estimate_kneser_ney(random_lm_corpus(10, 3), 10, order=3), 0.7
-    elif lm_kind == "rnn":
-        torch.manual_seed(3)
-        lm, lm_scale = RnnLm(10, 8, 16, 1, dropout=0.0).double().eval(), 0.7
+    lm, lm_scale = reference_lm(lm_kind)
     K = 3
     with torch.no_grad():
         got = modified_beam_search(model, None, None, beam_size=K, lm=lm, lm_scale=lm_scale, max_sym_per_frame=max_sym)
@@ -382,9 +387,7 @@ class FakeNarModel(nn.Module):
 
     def forward_cif(self, encoder_out, encoder_out_lens):
         N, U, _ = self.log_probs.shape
-        frames = torch.arange(U).expand(N, U)
-        frames = torch.where(frames < self.cif_lens.unsqueeze(1), frames, -1)
-        return CifPredictorOutput(torch.zeros(N, U, 1), self.cif_lens, torch.zeros(N, U), frames, None)
+        return fixed_cif_output(torch.zeros(N, U, 1), self.cif_lens)
 
     def ce_decoder(self, cif, cif_lens, encoder_out, encoder_out_lens):
         return self.log_probs

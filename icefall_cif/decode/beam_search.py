@@ -148,10 +148,12 @@ def _check_beam_size(beam_size: int) -> None:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
 
 
-def _flat_parent_index(parent: torch.Tensor) -> torch.Tensor:
-    """(N, K) parent slots -> (N*K,) row indices into (N*K, ...) per-hypothesis tensors."""
+def _flat_parent_index(parent: torch.Tensor, num_slots: Optional[int] = None) -> torch.Tensor:
+    """(N, K) parent slots -> (N*K,) row indices into (N*M, ...) per-hypothesis tensors, where
+    M = `num_slots` is the number of slots the parents are drawn from (default K)."""
     N, K = parent.shape
-    return (torch.arange(N, device=parent.device).unsqueeze(1) * K + parent).view(-1)
+    M = K if num_slots is None else num_slots
+    return (torch.arange(N, device=parent.device).unsqueeze(1) * M + parent).view(-1)
 
 
 def _text_tokens(vocab_size: int, blank_id: int, lm, device: torch.device) -> torch.Tensor:
@@ -206,9 +208,7 @@ def _pick(beam: _Beam, parent: torch.Tensor) -> _Beam:
     """The hypotheses in (N, K') slots `parent` of `beam`, scores unchanged."""
     lm_state = None
     if beam.lm_state is not None:
-        N, M = beam.scores.shape
-        rows = (torch.arange(N, device=parent.device).unsqueeze(1) * M + parent).view(-1)
-        lm_state = select_lm_state(beam.lm_state, rows)
+        lm_state = select_lm_state(beam.lm_state, _flat_parent_index(parent, beam.scores.size(1)))
     return _Beam(
         reorder(beam.scores, parent), reorder(beam.tokens, parent), reorder(beam.lens, parent),
         reorder(beam.context, parent), lm_state,
@@ -348,17 +348,20 @@ def modified_beam_search(
         open_hyps, finished = beam, None
         for round_ in range(max_sym_per_frame):
             cand = extension_scores(open_hyps, t)
-            if round_ == max_sym_per_frame - 1:
+            last_round = round_ == max_sym_per_frame - 1
+            if last_round:
                 valid = open_hyps.scores > NEG_INF
                 matches = one_token_extensions(open_hyps.tokens, open_hyps.lens, valid)
                 last = last_tokens(open_hyps.tokens, open_hyps.lens)
                 stay, cand = merge_extensions(cand[:, :, blank], cand, matches, last)
                 cand[:, :, blank] = stay
                 done = extend(open_hyps, cand)
-                finished = done if finished is None else _best_distinct(finished, done, K)
-                break
-            done = _Beam(cand[:, :, blank].clone(), open_hyps.tokens, open_hyps.lens, open_hyps.context, open_hyps.lm_state)
+            else:
+                done = _Beam(cand[:, :, blank].clone(), open_hyps.tokens, open_hyps.lens, open_hyps.context,
+                             open_hyps.lm_state)
             finished = done if finished is None else _best_distinct(finished, done, K)
+            if last_round:
+                break
             cand[:, :, blank] = NEG_INF
             open_hyps = extend(open_hyps, cand)
             kth_finished = finished.scores.topk(K, dim=1).values[:, -1:]
