@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "egs" / "librispeech" / "ASR" / "zipformer_cif"))
 
-from model import get_model  # noqa: E402
+from model import ModelConfig, get_model  # noqa: E402
 
-from icefall_cif.decode.beam_search import best_hyps, ce_beam_search, modified_beam_search  # noqa: E402
+from icefall_cif.decode.beam_search import best_hyps  # noqa: E402
 from icefall_cif.decode.ctc import ctc_prefix_beam_search  # noqa: E402
 from icefall_cif.decode.greedy import greedy_search  # noqa: E402
+from icefall_cif.decode.search import beam_search  # noqa: E402
 from icefall_cif.lm import RnnLm, estimate_kneser_ney  # noqa: E402
-from icefall_cif.utils import AttributeDict  # noqa: E402
 
 VOCAB = 500
 
@@ -71,14 +71,11 @@ def main() -> None:
 
     parts = []
     for decoder_type in ("cif_transducer", "cif_ce_ar"):
-        params = AttributeDict(
-            vocab_size=VOCAB, blank_id=0, feature_dim=80, encoder_config="tiny", decoder_type=decoder_type
-        )
-        model = get_model(params).to(device).eval()
+        model = get_model(ModelConfig(vocab_size=VOCAB, encoder_config="tiny", decoder_type=decoder_type)).to(device).eval()
         enc = torch.randn(args.N, args.frames, model.encoder_dim, device=device)
         lens = torch.randint(args.frames // 2, args.frames + 1, (args.N,), device=device)
         lens[0] = args.frames
-        search = modified_beam_search if decoder_type == "cif_transducer" else ce_beam_search
+        search = beam_search
 
         def one_by_one() -> List[List[int]]:
             return [

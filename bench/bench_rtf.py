@@ -20,9 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "egs" / "librispeech" / "ASR" / "zipformer_cif"))
 
-from model import get_model  # noqa: E402
+from model import ModelConfig, get_model  # noqa: E402
 
-from icefall_cif.decode.search import decode_batch, methods_for  # noqa: E402
+from icefall_cif.decode.search import decode_batch  # noqa: E402
+from icefall_cif.model_contract import decoding_methods  # noqa: E402
 from icefall_cif.utils import AttributeDict  # noqa: E402
 
 
@@ -45,10 +46,8 @@ def main() -> None:
                                   blank_id=0)
     for config in args.configs:
         for decoder_type in args.decoder_types:
-            params = AttributeDict(encoder_config=config, decoder_type=decoder_type, vocab_size=500, blank_id=0,
-                                   feature_dim=80)
-            model = get_model(params).eval()
-            methods = [m for m in methods_for(decoder_type) if "lm" not in m]
+            model = get_model(ModelConfig(encoder_config=config, decoder_type=decoder_type, vocab_size=500)).eval()
+            methods = [m for m in decoding_methods(model) if "lm" not in m]
             for threads in args.threads:
                 torch.set_num_threads(threads)
                 rtf = {}

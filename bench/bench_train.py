@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Training throughput of the CIF model on CPU: audio seconds trained per wall-clock second.
 
-One training step is what icefall_cif/trainer.py does per batch: set the model's batch count,
+One training step is what icefall_cif/training/loop.py does per batch: set the model's batch count,
 forward (all losses), backward, Eden step_batch, ScaledAdam step (with clipping). The batches
 are synthetic: random 80-dim features of `--utt-seconds` long utterances and random token ids at
 `--tokens-per-second` (about what BPE-500 gives for read English), so no corpus is needed and the
@@ -23,11 +23,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "egs" / "librispeech" / "ASR" / "zipformer_cif"))
 
-from model import get_model  # noqa: E402
+from model import ModelConfig, get_model  # noqa: E402
 
 from icefall_cif.optim import Eden, ScaledAdam  # noqa: E402
-from icefall_cif.trainer import set_batch_count  # noqa: E402
-from icefall_cif.utils import AttributeDict  # noqa: E402
+from icefall_cif.config import LossConfig  # noqa: E402
+from icefall_cif.model_contract import loss_weights  # noqa: E402
 
 VOCAB_SIZE = 500
 
@@ -49,10 +49,8 @@ def throughput(config: str, threads: int, args: argparse.Namespace) -> Tuple[flo
     """(audio seconds per wall second, number of parameters) of training `config` with `threads`."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    params = AttributeDict(
-        vocab_size=VOCAB_SIZE, blank_id=0, feature_dim=80, encoder_config=config, decoder_type=args.decoder_type
-    )
-    model = get_model(params)
+    model = get_model(ModelConfig(vocab_size=VOCAB_SIZE, encoder_config=config, decoder_type=args.decoder_type))
+    loss_config = LossConfig()
     model.train()
     optimizer = ScaledAdam(model.named_parameters(), lr=0.045, clipping_scale=2.0)
     scheduler = Eden(optimizer, lr_batches=7500, lr_epochs=3.5)
@@ -63,8 +61,10 @@ def throughput(config: str, threads: int, args: argparse.Namespace) -> Tuple[flo
     for step in range(args.warmup + args.steps):
         x, lens, y = batches[step % len(batches)]
         start = time.perf_counter()
-        set_batch_count(model, float(step))
-        loss = model(x, lens, y, batch_idx_train=step)["loss"]
+        model.set_batch_count(float(step))
+        losses = model(x, lens, y, loss_config)
+        weights = loss_weights(model, loss_config, step)
+        loss = sum(weights[name] * losses[name] for name in weights)
         loss.backward()
         scheduler.step_batch(step + 1)
         optimizer.step()

@@ -71,7 +71,7 @@ for v in "$@"; do
       --num-epochs "$epochs" --warmup-batches 100 --average-period 10 --save-every-n 100000 \
       --keep-last-k 1 --log-interval 50 --num-workers 1 --enable-spec-aug 0 --ref-duration 0.1 \
       > "$out/$v.train.log" 2>&1 &&
-    OMP_NUM_THREADS=1 "$python" ./zipformer_cif/decode.py $model --exp-dir "$out/$v" --epoch "$epochs" \
+    OMP_NUM_THREADS=1 "$python" ./zipformer_cif/decode.py --exp-dir "$out/$v" --epoch "$epochs" \
       --avg $((epochs > 3 ? 3 : 1)) --use-averaged-model $((epochs > 3 ? 1 : 0)) \
       --max-duration 200 --decoding-method greedy_search > "$out/$v.decode.log" 2>&1
   ) &

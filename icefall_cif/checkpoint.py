@@ -2,7 +2,9 @@
 
 A checkpoint is one `torch.save`d dict with icefall's keys: `model`, `model_avg`,
 `optimizer`, `scheduler`, `grad_scaler`, `sampler` (each a `state_dict()` or None), every
-entry of `params` (`batch_idx_train`, `cur_epoch`, `best_train_loss`, ...) at the top
+entry of `params` (the training loop puts the model architecture there as `model_config` and
+the token symbols in id order as `token_table`, so that decoding rebuilds the model from the
+checkpoint alone) (`batch_idx_train`, `cur_epoch`, `best_train_loss`, ...) at the top
 level, and `rng_state` (python / numpy / torch / cuda generator states) so that a resumed
 run draws the same random numbers as an uninterrupted one.
 
@@ -21,7 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel as DDP
+from icefall_cif.dist import unwrap_model
 
 Pathlike = Union[str, Path]
 
@@ -29,13 +31,6 @@ STATE_KEYS = ("model", "model_avg", "optimizer", "scheduler", "grad_scaler", "sa
 RNG_KEY = "rng_state"
 _DDP_PREFIX = "module."
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-([0-9]+)\.pt$")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The inner module of a DDP / DataParallel wrapper, so saved keys have no `module.`."""
-    if isinstance(model, (DDP, nn.DataParallel)):
-        return model.module
-    return model
 
 
 def strip_ddp_prefix(state_dict: Dict[str, Any]) -> Dict[str, Any]:
@@ -144,7 +139,7 @@ def save_checkpoint(
     logging.info(f"Saving checkpoint to {filename}")
 
     checkpoint: Dict[str, Any] = {
-        "model": _unwrap(model).state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "grad_scaler": scaler.state_dict() if scaler is not None else None,
@@ -200,7 +195,7 @@ def load_checkpoint(
             f"{filename} is not a checkpoint written by save_checkpoint/export (no 'model' key)"
         )
 
-    _unwrap(model).load_state_dict(strip_ddp_prefix(checkpoint.pop("model")), strict=strict)
+    unwrap_model(model).load_state_dict(strip_ddp_prefix(checkpoint.pop("model")), strict=strict)
 
     avg_state = checkpoint.pop("model_avg", None)
     if model_avg is not None:
@@ -231,34 +226,6 @@ def load_checkpoint(
         else:
             logging.warning(f"{filename} has no RNG states; random generators left as they are")
     return checkpoint
-
-
-def save_checkpoint_with_global_batch_idx(
-    out_dir: Pathlike,
-    global_batch_idx: int,
-    model: nn.Module,
-    model_avg: Optional[nn.Module] = None,
-    params: Optional[Dict[str, Any]] = None,
-    optimizer: Optional[torch.optim.Optimizer] = None,
-    scheduler: Optional[Any] = None,
-    scaler: Optional[Any] = None,
-    sampler: Optional[Any] = None,
-    rank: int = 0,
-) -> Path:
-    """`save_checkpoint` to `out_dir/checkpoint-<global_batch_idx>.pt`; returns that path."""
-    filename = Path(out_dir) / f"checkpoint-{global_batch_idx}.pt"
-    save_checkpoint(
-        filename,
-        model=model,
-        model_avg=model_avg,
-        params=params,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        scaler=scaler,
-        sampler=sampler,
-        rank=rank,
-    )
-    return filename
 
 
 def find_checkpoints(out_dir: Pathlike, iteration: int = 0) -> List[str]:
@@ -391,7 +358,7 @@ def update_averaged_model(
     weight_cur = period / step
     weight_avg = 1.0 - weight_cur
 
-    cur = _unwrap(model_cur).state_dict()
+    cur = unwrap_model(model_cur).state_dict()
     avg = model_avg.state_dict()
     seen = set()
     for k, v in avg.items():

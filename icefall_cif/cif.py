@@ -1,8 +1,8 @@
 """Continuous integrate-and-fire (CIF): weight predictor, vectorized integrate-and-fire, quantity loss.
 
 CIF (Dong & Xu, ICASSP 2020) turns encoder frames h (N, T, C) and non-negative weights
-alpha (N, T) into one vector per token (N, U, C). The semantics follow the design notes
-(docs cif.md) exactly; in short, with c_t = alpha_1 + ... + alpha_t and threshold beta:
+alpha (N, T) into one vector per token (N, U, C). The semantics follow docs/cif.md
+exactly; in short, with c_t = alpha_1 + ... + alpha_t and threshold beta:
 
   - n_t = floor(c_t + 1 - beta) tokens have fired after frame t;
   - token k receives from frame t the weight a_{k,t} = F_k(t) - F_k(t-1), where

@@ -1,11 +1,12 @@
-"""Data preparation shared by the recipes' `prepare.sh` stages (LibriSpeech and AISHELL-1).
+"""Data preparation shared by the recipes' `prepare.sh` stages, for every registered corpus.
 
 The recipes' `local/*.py` scripts are thin entry points into the `*_main` functions here, so
-both recipes run the same code and differ only in the :data:`CORPORA` entry they name:
+all recipes run the same code and differ only in the corpus they name; what is specific to a
+corpus (its parts, tree, audit and Lhotse recipe) lives in its module of :mod:`icefall_cif.corpora`:
 
 - stage 0 :func:`link_corpus` / :func:`find_corpus`: check a corpus tree and link it into `download/`;
 - stage 1 :func:`prepare_manifests`: audit the corpus (unreadable or truncated audio, empty or missing
-  transcripts), then Lhotse's `prepare_librispeech` / `prepare_aishell` on the usable utterances;
+  transcripts), then the corpus's Lhotse recipe on the usable utterances;
 - stage 2 :func:`compute_fbank`: 80-dim fbank cuts with lilcom archives, speed perturbation for train;
 - stage 3 :func:`prepare_bpe_lang` / :func:`prepare_char_lang`: token files;
 - stage 4 :func:`prepare_lm_text`: LM training text, as words/characters and as token ids;
@@ -23,13 +24,19 @@ import os
 import shutil
 import sys
 import tempfile
-import wave
-from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from icefall_cif.corpora import DataPrepError, get_corpus
+from icefall_cif.corpora.audit import CorpusAudit, SkippedItem
+
+# Not used here: importable from here, where the datamodule and the tests find them.
+from icefall_cif.corpora import CORPORA  # noqa: F401
+from icefall_cif.corpora.aishell import AISHELL_TRANSCRIPT  # noqa: F401
+from icefall_cif.corpora.audit import check_audio  # noqa: F401
 
 SAMPLING_RATE = 16000
 NUM_MEL_BINS = 80
@@ -40,61 +47,6 @@ SPEED_FACTORS = (0.9, 1.1)
 SECONDS_PER_JOB = 7200.0
 # How many skipped items a stage names one by one in its log; the TSV always has all of them.
 MAX_LOGGED_ITEMS = 100
-
-
-class DataPrepError(Exception):
-    """A problem with the user's data or options; the message says what is wrong and what to do."""
-
-
-@dataclass(frozen=True)
-class CorpusSpec:
-    """What the stages need to know about a corpus.
-
-    Attributes:
-      name: prefix of every manifest and cut file (`<name>_cuts_<part>.jsonl.gz`).
-      splits: role ("train", "dev", "test") -> part name in the corpus.
-      download_subdir: the directory under `download/` that Lhotse's recipe takes as corpus_dir.
-      layout: how the real corpus is laid out, for error messages.
-    """
-
-    name: str
-    splits: Dict[str, str]
-    download_subdir: str
-    layout: str
-
-    @property
-    def parts(self) -> List[str]:
-        return list(self.splits.values())
-
-    @property
-    def train_part(self) -> str:
-        return self.splits["train"]
-
-
-CORPORA: Dict[str, CorpusSpec] = {
-    "librispeech": CorpusSpec(
-        name="librispeech",
-        splits={"train": "train-clean-100", "dev": "dev-clean", "test": "test-clean"},
-        download_subdir="LibriSpeech",
-        layout="LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac plus one "
-        "<speaker>-<chapter>.trans.txt per chapter (openslr 12)",
-    ),
-    "aishell": CorpusSpec(
-        name="aishell",
-        splits={"train": "train", "dev": "dev", "test": "test"},
-        download_subdir="aishell",
-        layout="data_aishell/wav/{train,dev,test}/<speaker>/<utt>.wav plus "
-        "data_aishell/transcript/aishell_transcript_v0.8.txt (openslr 33)",
-    ),
-}
-
-AISHELL_TRANSCRIPT = Path("data_aishell/transcript/aishell_transcript_v0.8.txt")
-
-
-def get_corpus(name: str) -> CorpusSpec:
-    if name not in CORPORA:
-        raise DataPrepError(f"Unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}")
-    return CORPORA[name]
 
 
 def cuts_filename(corpus: str, part: str) -> str:
@@ -117,45 +69,12 @@ def _require_file(path: Path, stage_hint: str) -> Path:
 # Stage 0: locate the corpus and link it into download/
 
 
-def _librispeech_problems(root: Path, parts: Sequence[str]) -> List[str]:
-    problems = []
-    for part in parts:
-        part_dir = root / part
-        if not part_dir.is_dir():
-            problems.append(f"missing directory {part_dir}")
-        elif next(part_dir.rglob("*.trans.txt"), None) is None:
-            problems.append(f"no *.trans.txt transcripts under {part_dir}")
-        elif next(part_dir.rglob("*.flac"), None) is None:
-            problems.append(f"no *.flac audio under {part_dir}")
-    return problems
-
-
-def _aishell_problems(root: Path, parts: Sequence[str]) -> List[str]:
-    problems = []
-    wav_dir = root / "data_aishell" / "wav"
-    transcript = root / AISHELL_TRANSCRIPT
-    if not transcript.is_file():
-        problems.append(f"missing transcript file {transcript}")
-    for part in parts:
-        part_dir = wav_dir / part
-        if not part_dir.is_dir():
-            hint = ""
-            if next(wav_dir.glob("*.tar.gz"), None) is not None:
-                hint = (
-                    f" ({wav_dir} holds the per-speaker .tar.gz archives of the openslr download: "
-                    f"extract them first: cd {wav_dir} && for f in *.tar.gz; do tar xzf $f; done)"
-                )
-            problems.append(f"missing directory {part_dir}{hint}")
-        elif next(part_dir.rglob("*.wav"), None) is None:
-            problems.append(f"no *.wav audio under {part_dir}")
-    return problems
-
-
 def find_corpus(corpus: str, corpus_dir: Path) -> Path:
     """The directory Lhotse's recipe takes as `corpus_dir`, found from what a user passed.
 
-    LibriSpeech accepts the `LibriSpeech/` directory itself or its parent; AISHELL accepts the
-    directory that holds `data_aishell/`, or `data_aishell/` itself.
+    Which directories are accepted is the corpus's :meth:`~icefall_cif.corpora.Corpus.root`:
+    LibriSpeech takes `LibriSpeech/` or its parent; AISHELL the parent of `data_aishell/` or
+    `data_aishell/` itself.
 
     Raises:
       DataPrepError naming every missing directory or file when the tree is not the corpus.
@@ -167,12 +86,8 @@ def find_corpus(corpus: str, corpus_dir: Path) -> Path:
             f"Corpus directory {corpus_dir} does not exist. Pass the directory holding {spec.layout}, "
             "or use --synthetic 1 to generate a small corpus in this layout."
         )
-    if corpus == "librispeech":
-        root = corpus_dir / "LibriSpeech" if (corpus_dir / "LibriSpeech").is_dir() else corpus_dir
-        problems = _librispeech_problems(root, spec.parts)
-    else:
-        root = corpus_dir.parent if corpus_dir.name == "data_aishell" else corpus_dir
-        problems = _aishell_problems(root, spec.parts)
+    root = spec.root(corpus_dir)
+    problems = spec.problems(root)
     if not problems:
         return root
     raise DataPrepError(
@@ -183,220 +98,41 @@ def find_corpus(corpus: str, corpus_dir: Path) -> Path:
 
 
 def link_corpus(corpus: str, corpus_dir: Path, download_dir: Path) -> Path:
-    """Check `corpus_dir` and make `download_dir/<LibriSpeech|aishell>` point at it.
+    """Check `corpus_dir` and make `download_dir/<download_subdir>` the corpus's root.
 
-    Returns the linked path. A real directory already in its place is never replaced.
+    Links the root there, or, for a corpus with a `linked_subdir` (AISHELL's Lhotse
+    corpus_dir is the parent of `data_aishell/`), that directory of the root one level down.
+    Returns `download_dir/<download_subdir>`.
+
+    Raises:
+      DataPrepError when `corpus_dir` is not the corpus (see :func:`find_corpus`), or a real
+      directory, which is never replaced, stands where the link goes.
     """
     spec = get_corpus(corpus)
     root = find_corpus(corpus, corpus_dir)
     download_dir = Path(download_dir).absolute()
     download_dir.mkdir(parents=True, exist_ok=True)
-    link = download_dir / spec.download_subdir
-    if corpus == "aishell":
-        # Lhotse's AISHELL corpus_dir is the parent of data_aishell/: link that one level down.
-        link.mkdir(exist_ok=True)
-        target, link = root / "data_aishell", link / "data_aishell"
+    linked = download_dir / spec.download_subdir
+    if spec.linked_subdir:
+        linked.mkdir(exist_ok=True)
+        target, link = root / spec.linked_subdir, linked / spec.linked_subdir
     else:
-        target = root
+        target, link = root, linked
     if link.is_symlink():
         link.unlink()
     elif link.exists():
         if link.resolve() == target.resolve():
-            return link.parent if corpus == "aishell" else link
+            return linked
         raise DataPrepError(
             f"{link} already exists and is not a symlink; remove it (or drop --corpus-dir to use it as is)"
         )
     link.symlink_to(target, target_is_directory=True)
     logging.info(f"Linked {link} -> {target}")
-    return link.parent if corpus == "aishell" else link
+    return linked
 
 
 # ----------------------------------------------------------------------------------------------
 # Stage 1: audit + Lhotse manifests
-
-
-@dataclass
-class Utterance:
-    utt_id: str
-    audio: Path
-    text: str
-    speaker: str
-
-
-@dataclass
-class SkippedItem:
-    part: str
-    utt_id: str
-    reason: str
-    path: str
-
-
-@dataclass
-class CorpusAudit:
-    """Usable utterances per part, and every item left out with its reason."""
-
-    utterances: Dict[str, List[Utterance]] = field(default_factory=dict)
-    skipped: List[SkippedItem] = field(default_factory=list)
-
-
-def _wav_declared_frames(path: Path) -> Optional[int]:
-    """Number of samples the WAV header declares, or None when the header cannot tell."""
-    try:
-        with wave.open(str(path), "rb") as w:
-            n = w.getnframes()
-            frame_bytes = w.getsampwidth() * w.getnchannels()
-    except (wave.Error, EOFError, OSError):
-        return None
-    # Streaming writers put 0 or 0xFFFFFFFF in the size field: no declared length.
-    if n == 0 or n * frame_bytes >= 0xFFFFFFFF - frame_bytes:
-        return None
-    return n
-
-
-def check_audio(path: Path) -> Optional[str]:
-    """Why the audio file cannot be used, or None when it is fine.
-
-    Reads the header and decodes the last 10 ms, which catches unreadable files and truncated
-    FLAC without decoding everything; for WAV the header's declared length is compared with the
-    samples present, since libsndfile silently shortens a truncated WAV.
-    """
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-    except Exception as e:  # soundfile raises several types for bad files
-        return f"unreadable audio ({e})"
-    if info.frames <= 0:
-        return "empty audio (0 samples)"
-    if path.suffix.lower() == ".wav":
-        declared = _wav_declared_frames(path)
-        if declared is not None and declared != info.frames:
-            return f"truncated audio: the header declares {declared} samples but the file holds {info.frames}"
-    tail = min(info.frames, max(1, info.samplerate // 100))
-    try:
-        with sf.SoundFile(str(path)) as f:
-            f.seek(info.frames - tail)
-            got = len(f.read(tail, dtype="int16"))
-    except Exception as e:
-        return f"truncated or corrupt audio: its last 10 ms cannot be decoded ({e})"
-    if got != tail:
-        return f"truncated audio: the header declares {info.frames} samples but decoding stops early"
-    return None
-
-
-def _check_candidates(
-    part: str, candidates: List[Utterance], num_jobs: int, audit: CorpusAudit
-) -> List[Utterance]:
-    with ThreadPoolExecutor(max(1, num_jobs)) as ex:
-        problems = list(ex.map(lambda u: check_audio(u.audio), candidates))
-    good = []
-    for utt, problem in zip(candidates, problems):
-        if problem is None:
-            good.append(utt)
-        else:
-            audit.skipped.append(SkippedItem(part, utt.utt_id, problem, str(utt.audio)))
-    return good
-
-
-def _read_text_lines(path: Path) -> Iterable[Tuple[int, str, str]]:
-    """(line number, utt id, text) of a `<utt-id> <text>` file; text is '' when absent."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.strip().split(maxsplit=1)
-            if fields:
-                yield lineno, fields[0], fields[1].strip() if len(fields) > 1 else ""
-
-
-def audit_librispeech(corpus_dir: Path, parts: Sequence[str], num_jobs: int = 1) -> CorpusAudit:
-    """Pair every `.flac` with its transcript line and check both, per part."""
-    audit = CorpusAudit()
-    for part in parts:
-        part_dir = corpus_dir / part
-        texts: Dict[str, Tuple[str, Path]] = {}
-        for trans in sorted(part_dir.rglob("*.trans.txt")):
-            for _, utt_id, text in _read_text_lines(trans):
-                texts[utt_id] = (text, trans)
-        audio = {p.name[: -len(".flac")]: p for p in sorted(part_dir.rglob("*.flac"))}
-        candidates = []
-        for utt_id, path in audio.items():
-            if len(utt_id.split("-")) != 3:
-                reason = "bad utterance id: LibriSpeech ids are <speaker>-<chapter>-<utt>"
-                audit.skipped.append(SkippedItem(part, utt_id, reason, str(path)))
-            elif utt_id not in texts:
-                audit.skipped.append(
-                    SkippedItem(part, utt_id, "missing transcript: no line for it in any *.trans.txt", str(path))
-                )
-            elif not texts[utt_id][0]:
-                audit.skipped.append(
-                    SkippedItem(
-                        part, utt_id, f"empty transcript: its line in {texts[utt_id][1]} has no text", str(path)
-                    )
-                )
-            else:
-                candidates.append(Utterance(utt_id, path, texts[utt_id][0], utt_id.split("-")[0]))
-        for utt_id, (_, trans) in texts.items():
-            if utt_id not in audio:
-                audit.skipped.append(
-                    SkippedItem(part, utt_id, f"missing audio: {trans} lists it but there is no {utt_id}.flac", "")
-                )
-        audit.utterances[part] = _check_candidates(part, candidates, num_jobs, audit)
-    return audit
-
-
-def audit_aishell(corpus_dir: Path, parts: Sequence[str], num_jobs: int = 1) -> CorpusAudit:
-    """Pair every `.wav` with its line in the AISHELL transcript file and check both."""
-    audit = CorpusAudit()
-    transcript = corpus_dir / AISHELL_TRANSCRIPT
-    texts = {utt_id: text for _, utt_id, text in _read_text_lines(transcript)}
-    seen = set()
-    for part in parts:
-        candidates = []
-        for path in sorted((corpus_dir / "data_aishell" / "wav" / part).rglob("*.wav")):
-            utt_id = path.stem
-            seen.add(utt_id)
-            if utt_id not in texts:
-                audit.skipped.append(
-                    SkippedItem(part, utt_id, f"missing transcript: no line for it in {transcript}", str(path))
-                )
-            elif not texts[utt_id]:
-                audit.skipped.append(
-                    SkippedItem(part, utt_id, f"empty transcript: its line in {transcript} has no text", str(path))
-                )
-            else:
-                candidates.append(Utterance(utt_id, path, texts[utt_id], path.parent.name))
-        audit.utterances[part] = _check_candidates(part, candidates, num_jobs, audit)
-    # The real transcript file lists some utterances that were never released: expected, listed in the TSV.
-    for utt_id in sorted(set(texts) - seen):
-        audit.skipped.append(SkippedItem("-", utt_id, "transcript line without audio", ""))
-    return audit
-
-
-def _build_view(corpus: str, audit: CorpusAudit, view: Path) -> None:
-    """A tree in the corpus layout holding only the usable utterances (audio as symlinks)."""
-    if corpus == "librispeech":
-        for part, utts in audit.utterances.items():
-            chapters: Dict[Path, List[Utterance]] = defaultdict(list)
-            for u in utts:
-                speaker, chapter, _ = u.utt_id.split("-")
-                chapters[view / part / speaker / chapter].append(u)
-            for d, chapter_utts in chapters.items():
-                d.mkdir(parents=True, exist_ok=True)
-                lines = []
-                for u in chapter_utts:
-                    (d / f"{u.utt_id}.flac").symlink_to(u.audio.absolute())
-                    lines.append(f"{u.utt_id} {u.text}\n")
-                (d / f"{d.parent.name}-{d.name}.trans.txt").write_text("".join(lines), encoding="utf-8")
-    else:
-        lines = []
-        for part, utts in audit.utterances.items():
-            for u in utts:
-                d = view / "data_aishell" / "wav" / part / u.speaker
-                d.mkdir(parents=True, exist_ok=True)
-                (d / f"{u.utt_id}.wav").symlink_to(u.audio.absolute())
-                lines.append(f"{u.utt_id} {u.text}\n")
-        transcript = view / AISHELL_TRANSCRIPT
-        transcript.parent.mkdir(parents=True, exist_ok=True)
-        transcript.write_text("".join(lines), encoding="utf-8")
 
 
 def log_skipped(items: Sequence[SkippedItem], tsv: Path, what: str) -> None:
@@ -438,7 +174,6 @@ def prepare_manifests(corpus: str, corpus_dir: Path, output_dir: Path, num_jobs:
     `output_dir/<corpus>_{recordings,supervisions}_<part>.jsonl.gz` and `<corpus>_skipped.tsv`.
     """
     from lhotse import RecordingSet
-    from lhotse.recipes import prepare_aishell, prepare_librispeech
     from lhotse.utils import fastcopy
 
     spec = get_corpus(corpus)
@@ -446,9 +181,8 @@ def prepare_manifests(corpus: str, corpus_dir: Path, output_dir: Path, num_jobs:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    audit_fn = audit_librispeech if corpus == "librispeech" else audit_aishell
     logging.info(f"Auditing {corpus} in {corpus_dir} (parts: {', '.join(spec.parts)})")
-    audit = audit_fn(corpus_dir, spec.parts, num_jobs)
+    audit = spec.audit(corpus_dir, num_jobs)
     tsv = output_dir / f"{corpus}_skipped.tsv"
     log_skipped(audit.skipped, tsv, f"{corpus} manifests")
     empty = [p for p in spec.parts if not audit.utterances[p]]
@@ -461,11 +195,8 @@ def prepare_manifests(corpus: str, corpus_dir: Path, output_dir: Path, num_jobs:
     originals = {u.utt_id: u.audio for utts in audit.utterances.values() for u in utts}
     with tempfile.TemporaryDirectory(prefix=f".{corpus}_view_", dir=output_dir) as tmp:
         view = Path(tmp)
-        _build_view(corpus, audit, view)
-        if corpus == "librispeech":
-            manifests = prepare_librispeech(view, dataset_parts=spec.parts, num_jobs=num_jobs)
-        else:
-            manifests = prepare_aishell(view)
+        spec.write_view(audit, view)
+        manifests = spec.lhotse_manifests(view, num_jobs)
 
     for part in spec.parts:
         recordings = RecordingSet.from_recordings(

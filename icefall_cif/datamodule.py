@@ -14,11 +14,12 @@ import logging
 import random
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from lhotse import CutSet, load_manifest, load_manifest_lazy
+from lhotse.cut import Cut
 from lhotse.dataset import (
     CutConcatenate,
     CutMix,
@@ -28,6 +29,8 @@ from lhotse.dataset import (
     SpecAugment,
 )
 from lhotse.dataset.input_strategies import OnTheFlyFeatures, PrecomputedFeatures
+from lhotse.dataset.sampling.base import CutSampler
+from lhotse.lazy import Dillable
 from lhotse.utils import compute_num_frames
 from torch.utils.data import DataLoader
 
@@ -50,70 +53,139 @@ class _SeedWorkers:
         torch.manual_seed(seed)
 
 
-def subsampled_length(num_frames: int, cif_downsample: int = 2) -> int:
-    """Number of CIF encoder frames for `num_frames` 100 Hz feature frames.
+class CutFilter:
+    """Which cuts a CIF model can train on, with the counts of the last complete pass.
 
-    Conv2dSubsampling gives (T - 7) // 2 frames at 50 Hz, Zipformer's final 2x downsampling
-    ((T - 7) // 2 + 1) // 2 at 25 Hz (icefall's formula), and the CIF model's extra
-    SimpleDownsample pads to a multiple of `cif_downsample`, hence the ceiling.
+    A cut is removed when its duration is outside [min_duration, max_duration] seconds, or when
+    the model's encoder output (`num_output_frames` of its feature frames) is shorter than its
+    number of tokens (CIF fires at most once per frame in expectation, and CTC needs T >= U).
+    The checks run in that order, so only cuts of an accepted duration are tokenized.
+
+    Picklable when `tokenizer` and `num_output_frames` are (a bound method pickles its model
+    too: pass a module-level function or a functools.partial where that matters).
+
+    Attributes:
+      counts: outcome -> number of cuts (:data:`OUTCOMES`) over the most recent complete pass of
+        the CutSet returned by :func:`filter_cuts`; None until one pass has run to the end.
+      num_passes: how many passes have run to the end.
     """
-    t = ((num_frames - 7) // 2 + 1) // 2
-    return max(0, -(-t // cif_downsample))
+
+    KEPT, TOO_SHORT, TOO_LONG, TOO_MANY_TOKENS = "kept", "too_short", "too_long", "too_many_tokens"
+    OUTCOMES = (KEPT, TOO_SHORT, TOO_LONG, TOO_MANY_TOKENS)
+
+    def __init__(
+        self,
+        tokenizer,
+        num_output_frames: Callable[[int], int],
+        min_duration: float = 1.0,
+        max_duration: float = 20.0,
+    ):
+        self.tokenizer = tokenizer
+        self.num_output_frames = num_output_frames
+        self.min_duration = min_duration
+        self.max_duration = max_duration
+        self.counts: Optional[Dict[str, int]] = None
+        self.num_passes = 0
+
+    def outcome(self, cut: Cut) -> str:
+        """One of :data:`OUTCOMES` for `cut` (features optional: without them the frame count
+        comes from the duration). Dropped cuts are logged at debug level until a first pass has
+        completed (later passes repeat the same decisions)."""
+        if cut.duration < self.min_duration or cut.duration > self.max_duration:
+            outcome = self.TOO_SHORT if cut.duration < self.min_duration else self.TOO_LONG
+            why = f"{cut.duration} s is outside [{self.min_duration}, {self.max_duration}] s"
+        else:
+            if cut.has_features:
+                num_frames = cut.num_frames
+            else:
+                num_frames = compute_num_frames(cut.duration, FRAME_SHIFT, cut.sampling_rate)
+            num_tokens = len(self.tokenizer.encode([" ".join(s.text for s in cut.supervisions)])[0])
+            num_output = self.num_output_frames(num_frames)
+            if num_output >= num_tokens:
+                return self.KEPT
+            outcome = self.TOO_MANY_TOKENS
+            why = f"{num_frames} frames give {num_output} encoder frames, fewer than its {num_tokens} tokens"
+        if self.counts is None:
+            logging.debug(f"Dropping {cut.id}: {why}")
+        return outcome
+
+    def pass_completed(self, counts: Dict[str, int]) -> None:
+        """Record the outcome counts of one pass that ran over every input cut."""
+        self.counts = counts
+        self.num_passes += 1
+
+    def summary(self) -> str:
+        """How many cuts the last complete pass removed and why (a note when none has run yet)."""
+        if self.counts is None:
+            return "filter_cuts: no pass over the cuts has completed yet, so nothing was counted"
+        c = self.counts
+        total = sum(c.values())
+        return (
+            f"filter_cuts: removed {total - c[self.KEPT]} of {total} cuts ({c[self.TOO_SHORT]} shorter than "
+            f"{self.min_duration} s, {c[self.TOO_LONG]} longer than {self.max_duration} s, "
+            f"{c[self.TOO_MANY_TOKENS]} with fewer encoder output frames than tokens); {c[self.KEPT]} left"
+        )
+
+    def log_summary(self) -> None:
+        """Log :meth:`summary` (info), and a warning when the last complete pass removed every cut."""
+        logging.info(self.summary())
+        if self.counts is not None and self.counts[self.KEPT] == 0 and sum(self.counts.values()) > 0:
+            logging.warning(
+                "filter_cuts removed every cut: check --min-duration/--max-cut-duration and the model's "
+                "subsampling (--cif-downsample) against your data"
+            )
+
+
+class _CountedFilter(Dillable):
+    """A lazy filter over `cuts` by `cut_filter` that reports each pass run to the end.
+
+    Lhotse's own `CutSet.filter` (LazyFilter) cannot tell where a pass ends, and a training run
+    makes several (bucket count, bucket bins, audio-seconds sum, every epoch, resuming), some
+    abandoned part way; counting per iterator and publishing only at the end of the input keeps
+    :attr:`CutFilter.counts` those of exactly one pass.
+    """
+
+    def __init__(self, cuts: CutSet, cut_filter: CutFilter):
+        self.cuts = cuts
+        self.cut_filter = cut_filter
+
+    def __iter__(self) -> Iterator[Cut]:
+        counts = dict.fromkeys(CutFilter.OUTCOMES, 0)
+        for cut in self.cuts:
+            outcome = self.cut_filter.outcome(cut)
+            counts[outcome] += 1
+            if outcome == CutFilter.KEPT:
+                yield cut
+        self.cut_filter.pass_completed(counts)
 
 
 def filter_cuts(
     cuts: CutSet,
     tokenizer,
+    num_output_frames: Callable[[int], int],
     min_duration: float = 1.0,
     max_duration: float = 20.0,
-    cif_downsample: int = 2,
-) -> CutSet:
-    """Keep the cuts a CIF model can train on, logging how many were removed and why.
+) -> Tuple[CutSet, CutFilter]:
+    """Keep the cuts a CIF model can train on (see :class:`CutFilter`), lazily.
 
-    A cut is removed when its duration is outside [min_duration, max_duration] seconds, or when
-    the encoder output after CIF downsampling (:func:`subsampled_length`) is shorter than its
-    number of tokens (CIF fires at most once per frame in expectation, and CTC needs T >= U).
+    Nothing is read here: every iteration of the returned CutSet streams `cuts` again and
+    re-applies the filter, so a manifest of any size costs constant memory. The kept cuts come
+    in the input order, exactly those an eager filter would keep, so samplers yield the same
+    batches as from `CutSet.from_cuts(kept)` (see :func:`make_sampler` for SimpleCutSampler).
 
     Args:
-      cuts: cuts with one supervision each (features optional: without them the frame count
-        comes from the duration).
-      tokenizer: an :class:`icefall_cif.tokenizer.Tokenizer` (anything with `encode`).
+      cuts: cuts with one supervision each (lazy or eager).
+      tokenizer: an :class:`icefall_cif.tokenizer.Tokenizer` (anything with `encode(texts)`).
+      num_output_frames: the model's encoder output length for a number of 100 Hz feature
+        frames (`model.num_output_frames`).
+      min_duration, max_duration: the accepted cut durations in seconds (inclusive).
     Returns:
-      The kept cuts (eager CutSet, in the input order).
+      `(kept, cut_filter)`: the kept cuts as a lazy CutSet, and the :class:`CutFilter` whose
+      :meth:`~CutFilter.log_summary` reports what was removed once a pass over `kept` has run to
+      the end (e.g. after summing the epoch's audio seconds).
     """
-    cuts = list(cuts)
-    texts = [" ".join(s.text for s in c.supervisions) for c in cuts]
-    num_tokens = [len(ids) for ids in tokenizer.encode(texts)]
-    kept = []
-    too_short = too_long = too_many_tokens = 0
-    for cut, u in zip(cuts, num_tokens):
-        if cut.duration < min_duration:
-            too_short += 1
-            continue
-        if cut.duration > max_duration:
-            too_long += 1
-            continue
-        if cut.has_features:
-            num_frames = cut.num_frames
-        else:
-            num_frames = compute_num_frames(cut.duration, FRAME_SHIFT, cut.sampling_rate)
-        if subsampled_length(num_frames, cif_downsample) < u:
-            too_many_tokens += 1
-            logging.debug(f"Dropping {cut.id}: {num_frames} frames, {u} tokens (cif_downsample {cif_downsample})")
-            continue
-        kept.append(cut)
-    removed = len(cuts) - len(kept)
-    logging.info(
-        f"filter_cuts: removed {removed} of {len(cuts)} cuts ({too_short} shorter than {min_duration} s, "
-        f"{too_long} longer than {max_duration} s, {too_many_tokens} with fewer encoder frames after "
-        f"subsampling (cif_downsample {cif_downsample}) than tokens); {len(kept)} left"
-    )
-    if not kept and cuts:
-        logging.warning(
-            "filter_cuts removed every cut: check --min-duration/--max-cut-duration and --cif-downsample "
-            "against your data"
-        )
-    return CutSet.from_cuts(kept)
+    cut_filter = CutFilter(tokenizer, num_output_frames, min_duration=min_duration, max_duration=max_duration)
+    return CutSet(_CountedFilter(cuts, cut_filter)), cut_filter
 
 
 def _num_buckets(cuts: CutSet, requested: int, max_duration: float) -> int:
@@ -144,14 +216,23 @@ def make_sampler(
     num_buckets: Optional[int],
 ):
     """A DynamicBucketingSampler with at most `num_buckets` buckets (see :func:`_num_buckets`);
-    a SimpleCutSampler when `num_buckets` is None or the cuts only fill one bucket."""
+    a SimpleCutSampler when `num_buckets` is None or the cuts only fill one bucket.
+
+    Returns:
+      The sampler. A DynamicBucketingSampler streams lazy `cuts` (memory bounded by its buffer);
+      a SimpleCutSampler holds them in memory (see below).
+    """
     if num_buckets is not None:
         num_buckets = _num_buckets(cuts, num_buckets, max_duration)
     if num_buckets is None or num_buckets < 2:
-        return SimpleCutSampler(cuts, max_duration=max_duration, shuffle=shuffle, drop_last=drop_last)
+        # Read into memory, as the recipes always had it (filter_cuts used to return an eager
+        # set): Lhotse shuffles an eager set with a full permutation but a lazy one with a
+        # 10,000-cut streaming buffer, so a lazy set would give other batches; and the eager
+        # data source counts the cuts drawn, which restore_sampler_position needs under DDP.
+        # This sampler only serves sets too small for two buckets, or --bucketing-sampler 0.
+        return SimpleCutSampler(cuts.to_eager(), max_duration=max_duration, shuffle=shuffle, drop_last=drop_last)
     with warnings.catch_warnings():
-        # filter_cuts returns an eager CutSet on purpose (it counts what it removes); Lhotse's
-        # "no memory benefit" notice would only confuse.
+        # Tests and small callers pass eager sets; Lhotse's "no memory benefit" notice is moot there.
         warnings.filterwarnings("ignore", message=".*DynamicBucketingSampler with an eagerly read CutSet.*")
         return DynamicBucketingSampler(
             cuts,
@@ -161,6 +242,52 @@ def make_sampler(
             buffer_size=num_buckets * 5000,
             drop_last=drop_last,
         )
+
+
+def restore_sampler_position(sampler: CutSampler, epoch: int, num_batches: int) -> float:
+    """Position a Lhotse sampler after the first `num_batches` batches of `epoch` (0-based).
+
+    Afterwards `iter(DataLoader(..., sampler=sampler))` yields batches `num_batches + 1`, ... of
+    that epoch, the same as an uninterrupted run, for DynamicBucketingSampler and
+    SimpleCutSampler, with or without DDP (the sampler's rank/world_size). Only the public
+    sampler API is used: the sampler is iterated from the start of the epoch to learn the
+    position, and `load_state_dict` of its `state_dict` then restores that position (Lhotse
+    replays it from the counts in the state) and makes the next `iter()` continue from there
+    instead of restarting the epoch. The position is recomputed rather than taken from a
+    checkpoint's sampler state because that state also counts the batches the DataLoader had
+    prefetched. The replay iterates the skipped batches a second time (metadata only).
+
+    Returns:
+      The audio seconds of the skipped batches (this rank's), for the progress ETA.
+    Raises:
+      ValueError: when the epoch now has fewer than `num_batches` batches.
+    """
+    # A sampler restored earlier would otherwise continue where it was instead of restarting.
+    sampler.allow_iter_to_reset_state()
+    sampler.set_epoch(epoch)
+    batches = iter(sampler)
+    seconds = 0.0
+    for i in range(num_batches):
+        try:
+            cuts = next(batches)
+        except StopIteration:
+            raise ValueError(
+                f"The checkpoint was taken after {num_batches} batches of epoch {epoch + 1}, but the training "
+                f"data now gives only {i}: resume with the same data options (--manifest-dir, --max-duration, "
+                f"--min-duration, --max-cut-duration, ...), or from an epoch checkpoint with --start-epoch"
+            ) from None
+        seconds += sum(c.duration for c in cuts)
+    state = sampler.state_dict()
+    if isinstance(sampler, SimpleCutSampler) and sampler.world_size > 1:
+        # SimpleCutSampler's restore skips the epoch's kept + discarded cuts, but its kept count
+        # covers only this rank's batches while every rank draws the cuts of all world_size
+        # batches. Its (eager, see make_sampler) data source knows how many were drawn.
+        if sampler.remaining_cuts is None:
+            raise ValueError("restore_sampler_position: a SimpleCutSampler with world_size > 1 needs an eager CutSet")
+        stats = state["diagnostics"]["stats_per_epoch"][state["diagnostics"]["current_epoch"]]
+        stats["kept_cuts"] = sampler.num_cuts - sampler.remaining_cuts - stats["discarded_cuts"]
+    sampler.load_state_dict(state)
+    return seconds
 
 
 class AsrDataModule:

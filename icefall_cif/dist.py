@@ -109,3 +109,10 @@ def get_rank() -> int:
 def get_local_rank() -> int:
     """This process's rank on its node ($LOCAL_RANK, set by torchrun or setup_dist), else 0."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The inner module of a DDP / DataParallel wrapper (or `model` itself), e.g. so that saved
+    keys have no `module.` prefix."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return model.module if isinstance(model, wrappers) else model

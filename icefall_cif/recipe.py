@@ -1,28 +1,42 @@
 """What distinguishes one recipe from another, for the shared training and decoding loops."""
-import argparse
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Any, Callable, Tuple, Type
 
 from torch import nn
 
-from icefall_cif.utils import AttributeDict
+from icefall_cif.corpora import Corpus, get_corpus
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A recipe as the shared loops see it.
+    """A recipe as the shared loops see it: a corpus and a model.
 
     Attributes:
-      name: corpus name as in the cut files (`data/fbank/<name>_cuts_<part>.jsonl.gz`).
-      default_lang_dir: token files (`data/lang_bpe_500`, `data/lang_char`).
-      test_sets: corpus parts decode.py scores, e.g. ("test-clean", "dev-clean").
-      add_model_arguments: adds the model's options to a parser.
-      get_model: builds the model from params (all options plus `vocab_size`, `blank_id`,
-        `feature_dim`).
+      corpus_name: the corpus in `icefall_cif.corpora` (its parts, test sets and token type).
+      model_config: the dataclass of the model architecture; its fields are the model options
+        of train.py, and the checkpoints save it so that decode.py rebuilds the model from it.
+      get_model: builds the model (an `icefall_cif.model_contract.CifModel`) from a
+        `model_config` instance.
     """
 
-    name: str
-    default_lang_dir: str
-    test_sets: Tuple[str, ...]
-    add_model_arguments: Callable[[argparse.ArgumentParser], None]
-    get_model: Callable[[AttributeDict], nn.Module]
+    corpus_name: str
+    model_config: Type[Any]
+    get_model: Callable[[Any], nn.Module]
+
+    @property
+    def corpus(self) -> Corpus:
+        return get_corpus(self.corpus_name)
+
+    @property
+    def name(self) -> str:
+        """Prefix of the cut files (`data/fbank/<name>_cuts_<part>.jsonl.gz`)."""
+        return self.corpus.name
+
+    @property
+    def default_lang_dir(self) -> str:
+        return self.corpus.default_lang_dir
+
+    @property
+    def test_sets(self) -> Tuple[str, ...]:
+        """Corpus parts decode.py scores, e.g. ("test-clean", "dev-clean")."""
+        return tuple(self.corpus.test_sets)

@@ -11,7 +11,7 @@ symbol keeps the frame, only the termination/blank symbol advances it); `delay_p
 `use_hat_loss` and the "modified"/"constrained" variants are not.
 
 Conventions (as in k2), with B the batch size, T the number of frames, S the number of
-symbols (U in our notes) and C the vocabulary size:
+symbols (U in the model code; docs/transducer.md) and C the vocabulary size:
 
 - `px` (B, S, T+1): log-prob of the arc (s, t) -> (s+1, t), i.e. emitting symbol s on frame
   t; column T (and column `boundary[b, 3]`) is -inf because no symbol can be emitted on the

@@ -10,6 +10,7 @@ A lang dir is what `prepare.sh` stage 3 writes:
 Scoring units follow the corpus convention: words (WER) for BPE, characters (CER) for the
 character vocabulary.
 """
+import hashlib
 import logging
 import re
 from collections import Counter
@@ -176,3 +177,36 @@ class Tokenizer:
         if self.kind == "bpe":
             return text.split()
         return _CHAR_UNIT.findall(text)
+
+
+def token_table(tokenizer: Tokenizer) -> List[str]:
+    """The symbols in id order: what checkpoints store to name the token set they were trained on."""
+    return [tokenizer.id2token[i] for i in range(tokenizer.vocab_size)]
+
+
+def token_table_digest(tokenizer: Tokenizer) -> str:
+    """A short hash of the token table, to catch a different token set of the same size."""
+    text = "\n".join(f"{i} {sym}" for i, sym in enumerate(token_table(tokenizer)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_token_table(saved: Dict, tokenizer: Tokenizer, what: str, option_hint: str) -> None:
+    """Raise a ValueError when the checkpoint contents `saved` were trained with another token
+    set than `tokenizer`: `what` names the checkpoint, `option_hint` says what to do."""
+    saved_vocab = saved.get("vocab_size")
+    if saved_vocab is not None and saved_vocab != tokenizer.vocab_size:
+        raise ValueError(
+            f"{what} was trained with {saved_vocab} tokens but {tokenizer.lang_dir} has {tokenizer.vocab_size}: "
+            f"{option_hint}"
+        )
+    saved_table = saved.get("token_table")
+    differs = (
+        saved_table != token_table(tokenizer)
+        if saved_table is not None
+        else saved.get("token_table_digest") not in (None, token_table_digest(tokenizer))
+    )
+    if differs:
+        raise ValueError(
+            f"{what} was trained with a different token table than {tokenizer.lang_dir} (same size, other "
+            f"tokens, e.g. a re-trained bpe.model): {option_hint}"
+        )

@@ -107,6 +107,7 @@ if [ "$DECODER_TYPE" = cif_transducer ]; then
   # icefall's 2000-batch warm-up of the pruned loss is longer than the whole default demo.
   model_opts+=(--warm-step "$WARM_STEP")
 fi
+# decode.py rebuilds the model from the architecture saved in the checkpoints: no model options.
 
 # Two intra-op threads: alone on the 2-core machine the tiny model trains at 28.6x real time,
 # against 19.1x with one (BENCHMARKS.md). On a machine other jobs share, OpenMP threads
@@ -127,7 +128,7 @@ methods+=(ctc_greedy_search)
 for method in "${methods[@]}"; do
   plots=0
   [ "$method" = greedy_search ] && plots=$NUM_PLOTS
-  timed "decode: $method" "$python" ./zipformer_cif/decode.py "${model_opts[@]}" \
+  timed "decode: $method" "$python" ./zipformer_cif/decode.py \
     --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" --use-averaged-model 1 \
     --max-duration 200 --decoding-method "$method" --beam-size 4 --num-plots "$plots" --num-threads "$NUM_THREADS"
 done

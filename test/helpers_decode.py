@@ -5,22 +5,27 @@ predictor, the CTC head and the decoder of a tiny model on fixed random "encoder
 which takes seconds instead of minutes and still gives models whose every decoding method
 must return the references.
 """
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
 
-from icefall_cif.utils import AttributeDict
+from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.config import LossConfig
+from icefall_cif.model_contract import loss_weights
 
 VOCAB_SIZE = 10  # <blk>=0, <sos/eos>=1, <unk>=2, text tokens 3..9
 REFERENCES: List[List[int]] = [[3, 4, 5, 6], [7, 8, 9], [4, 6, 8, 3, 5]]
 NUM_FRAMES = [20, 16, 22]  # encoder frames (25 Hz); CIF sees half of them
 
 
-def tiny_params(decoder_type: str, vocab_size: int = VOCAB_SIZE) -> AttributeDict:
-    """Options of `get_model` for a model small enough to overfit in a few seconds on a CPU."""
-    return AttributeDict(
+def tiny_config(decoder_type: str, vocab_size: int = VOCAB_SIZE):
+    """A ModelConfig small enough to overfit in a few seconds on a CPU."""
+    from model import ModelConfig
+
+    return ModelConfig(
         vocab_size=vocab_size,
         blank_id=0,
         feature_dim=80,
@@ -37,7 +42,6 @@ def tiny_params(decoder_type: str, vocab_size: int = VOCAB_SIZE) -> AttributeDic
         ce_decoder_heads=2,
         ce_decoder_dropout=0.0,
         cif_hidden_dim=32,
-        warm_step=0,
     )
 
 
@@ -45,7 +49,7 @@ def build_tiny_model(decoder_type: str, vocab_size: int = VOCAB_SIZE) -> nn.Modu
     """An untrained tiny CifAsrModel (eval mode)."""
     from model import get_model
 
-    return get_model(tiny_params(decoder_type, vocab_size)).eval()
+    return get_model(tiny_config(decoder_type, vocab_size)).eval()
 
 
 def make_encoder_out(num_frames: List[int], dim: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -60,18 +64,21 @@ def make_encoder_out(num_frames: List[int], dim: int, seed: int = 0) -> Tuple[to
 def decoder_losses(
     model: nn.Module, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, refs: List[List[int]]
 ) -> torch.Tensor:
-    """CTC + quantity + decoder loss of the model on given encoder frames (N, T', C), lens (N,)."""
+    """CTC + quantity + decoder loss of the model on given encoder frames (N, T', C), lens (N,),
+    weighted as the training loop weights them (no warm-up)."""
     from model import pad_token_ids
 
     y = pad_token_ids(refs, model.blank_id, encoder_out.device)
     y_lens = torch.tensor([len(r) for r in refs], dtype=torch.int64)
-    loss = 0.5 * model.forward_ctc(encoder_out, encoder_out_lens, y, y_lens)
+    config = LossConfig(warm_step=0)
     cif_out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
-    loss = loss + cif_out.quantity_loss
-    if model.decoder_type == "cif_transducer":
-        simple, pruned = model.forward_transducer(cif_out.cif, cif_out.cif_lens, y, y_lens)
-        return loss + 0.5 * simple + pruned
-    return loss + model.forward_ce(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, y, y_lens)
+    losses = {
+        "ctc_loss": model.forward_ctc(encoder_out, encoder_out_lens, y, y_lens),
+        "quantity_loss": cif_out.quantity_loss,
+        **model.head.loss(cif_out, encoder_out, encoder_out_lens, y, y_lens, config),
+    }
+    weights = loss_weights(model, config, batch_idx_train=0)
+    return sum(weights[name] * losses[name] for name in weights)
 
 
 @dataclass
@@ -105,3 +112,55 @@ def cached_overfit_model(decoder_type: str) -> OverfitModel:
     if decoder_type not in _CACHE:
         _CACHE[decoder_type] = overfit_tiny_model(decoder_type)
     return _CACHE[decoder_type]
+
+
+class FixedCifModel(nn.Module):
+    """A `CifModel` whose CIF layer returns fixed vectors, so that a head's searches are tested
+    on their own (with garbage at padded positions if the caller puts it there).
+
+    It fulfils the contract (`check_model` passes): the encoder is the identity on the frames it
+    is given, the CTC head is uniform, and there is no training (`forward` raises).
+    """
+
+    def __init__(self, head, cif: torch.Tensor, cif_lens, fire_frames=None, cif_downsample_factor: int = 1):
+        """
+        Args:
+          head: a DecoderHead.
+          cif: (N, U, C) vectors; cif_lens: (N,) counts (a tensor or a list).
+          fire_frames: (N, U) CIF-rate frame of each vector, -1 at padding; default u.
+        """
+        super().__init__()
+        self.head = head
+        self.blank_id, self.vocab_size = head.blank_id, head.vocab_size
+        self.cif_downsample_factor = cif_downsample_factor
+        self.cif, self.cif_lens = cif, torch.as_tensor(cif_lens)
+        N, U = cif.shape[:2]
+        if fire_frames is None:
+            fire_frames = torch.arange(U).expand(N, U)
+        self.fire_frames = fire_frames.masked_fill(torch.arange(U) >= self.cif_lens.unsqueeze(1), -1)
+
+    def forward(self, x, x_lens, y, loss_config):
+        raise NotImplementedError("FixedCifModel is for search tests: it has no training losses")
+
+    def forward_encoder(self, x: torch.Tensor, x_lens: torch.Tensor):
+        return x, x_lens
+
+    def forward_cif(self, encoder_out, encoder_out_lens, target_lengths=None) -> CifPredictorOutput:
+        N, U = self.cif.shape[:2]
+        return CifPredictorOutput(self.cif, self.cif_lens, torch.zeros(N, U), self.fire_frames, None)
+
+    def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
+        N, T = encoder_out.shape[:2]
+        return torch.full((N, T, self.vocab_size), -math.log(self.vocab_size))
+
+    def num_output_frames(self, num_frames: torch.Tensor) -> torch.Tensor:
+        return num_frames
+
+    def set_batch_count(self, batch_count: float) -> None:
+        """Nothing here is scheduled."""
+
+    def adaptive_state(self) -> Dict:
+        return {}
+
+    def load_adaptive_state(self, state: Dict) -> None:
+        """Nothing to restore."""

@@ -132,10 +132,10 @@ def train_in_process(args: List[str], corpus: "Corpus") -> None:
     """`train.py ARGS` run from the corpus' recipe directory, in this process (single process)."""
     from recipe import RECIPE
 
-    from icefall_cif import trainer
+    from icefall_cif import training
 
     with working_dir(corpus.root), preserved_logging():
-        trainer.launch(trainer.get_parser(RECIPE).parse_args(args), RECIPE)
+        training.launch(training.get_parser(RECIPE).parse_args(args), RECIPE)
 
 
 def decode_in_process(args: List[str], corpus: "Corpus") -> Dict[str, float]:

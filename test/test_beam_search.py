@@ -20,18 +20,15 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import torch
 import torch.nn as nn
-from helpers_decode import build_tiny_model, cached_overfit_model, make_encoder_out
+from ce_nar_head import NarCeHead
+from helpers_decode import FixedCifModel, build_tiny_model, cached_overfit_model, make_encoder_out
 
-from icefall_cif.cif import CifPredictorOutput
-from icefall_cif.decode.beam_search import (
-    ce_beam_search,
-    lm_hypothesis_scores,
-    modified_beam_search,
-)
+from icefall_cif.decode.beam_search import lm_hypothesis_scores
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import greedy_search
-from icefall_cif.decode.search import decode_batch, methods_for
+from icefall_cif.decode.search import beam_search, decode_batch
 from icefall_cif.lm import NgramLm, RnnLm, estimate_kneser_ney, train_rnn_lm
+from icefall_cif.model_contract import check_model, decoding_methods
 from icefall_cif.utils import AttributeDict
 
 DECODER_TYPES = ["cif_transducer", "cif_ce_ar", "cif_ce_nar"]
@@ -78,7 +75,7 @@ def test_every_method_decodes_the_overfit_references(decoder_type, reference_lms
     assert fit.model.forward_cif(fit.encoder_out, fit.encoder_out_lens).cif_lens.tolist() == [
         len(r) for r in fit.refs
     ], "the helper's model did not learn to fire once per token"
-    for method in methods_for(decoder_type):
+    for method in decoding_methods(fit.model):
         needs_lm = method.endswith("lm_shallow_fusion")
         for lm_name in ("ngram", "rnn") if needs_lm else (None,):
             lm = reference_lms[lm_name] if lm_name else None
@@ -113,7 +110,7 @@ def test_lm_scale_zero_equals_no_fusion(decoder_type):
     torch.manual_seed(1)
     model = build_tiny_model(decoder_type)
     encoder_out, lens = make_encoder_out([24, 11, 18], model.encoder_dim, seed=1)
-    search = modified_beam_search if decoder_type == "cif_transducer" else ce_beam_search
+    search = beam_search
     plain = search(model, encoder_out, lens, beam_size=4)
     assert any(len(nbest) > 1 for nbest in plain)
     lms = {"ngram": estimate_kneser_ney(random_lm_corpus(10, 0), 10, order=3), "rnn": RnnLm(10, 8, 16, 1).eval()}
@@ -166,7 +163,7 @@ def reference_modified_beam_search(
     finishes; finished ones are merged into the best K, and open ones below the K-th
     finished score are dropped.
     """
-    decoder, joiner, blank, cs = model.decoder, model.joiner, model.blank_id, model.decoder.context_size
+    decoder, joiner, blank, cs = model.head.decoder, model.head.joiner, model.blank_id, model.head.decoder.context_size
     hyps: Dict[Tuple[int, ...], float] = {(): 0.0}
     for t in range(cif.size(0)):
         open_hyps, finished = hyps, {}
@@ -213,7 +210,7 @@ def reference_ce_beam_search(model, cif, nar_log_probs, K, lm, lm_scale) -> List
         for seq, score in hyps.items():
             if nar_log_probs is None:
                 prev = torch.tensor([[blank] + list(seq)])
-                logits = model.ce_decoder(cif[None, : u + 1], torch.tensor([u + 1]), prev)
+                logits = model.head.ce_decoder(cif[None, : u + 1], torch.tensor([u + 1]), prev)
                 log_probs = logits[0, -1].log_softmax(dim=-1)
             else:
                 log_probs = nar_log_probs[u]
@@ -249,13 +246,10 @@ def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
     K = 3
     with torch.no_grad():
         cif_out = model.forward_cif(encoder_out, lens)
-        if decoder_type == "cif_transducer":
-            got = modified_beam_search(model, encoder_out, lens, beam_size=K, lm=lm, lm_scale=lm_scale)
-        else:
-            got = ce_beam_search(model, encoder_out, lens, beam_size=K, lm=lm, lm_scale=lm_scale)
+        got = beam_search(model, encoder_out, lens, beam_size=K, lm=lm, lm_scale=lm_scale)
         nar = None
         if decoder_type == "cif_ce_nar":
-            nar = model.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, lens).log_softmax(dim=-1)
+            nar = model.head.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, lens).log_softmax(dim=-1)
         for i, n in enumerate(cif_out.cif_lens.tolist()):
             cif = cif_out.cif[i, :n]
             if decoder_type == "cif_transducer":
@@ -268,46 +262,27 @@ def test_batched_search_equals_naive_reference(decoder_type, lm_kind):
             assert [h.score for h in got[i]] == pytest.approx([s for _, s in expected], rel=tol, abs=tol)
 
 
-def fixed_cif_output(cif: torch.Tensor, cif_lens: torch.Tensor) -> CifPredictorOutput:
-    """A CIF layer's output holding the given vectors (N, U, C) and counts (N,)."""
-    N, U, _ = cif.shape
-    frames = torch.arange(U).expand(N, U)
-    frames = torch.where(frames < cif_lens.unsqueeze(1), frames, -1)
-    return CifPredictorOutput(cif, cif_lens, torch.zeros(N, U), frames, None)
-
-
-class FixedCifTransducer(nn.Module):
-    """A cif_transducer whose CIF layer returns the given vectors (N, U, C) and counts (N,)."""
-
-    decoder_type = "cif_transducer"
-
-    def __init__(self, model: nn.Module, cif: torch.Tensor, cif_lens: List[int]):
-        super().__init__()
-        self.decoder, self.joiner = model.decoder, model.joiner
-        self.blank_id, self.vocab_size = model.blank_id, model.vocab_size
-        self.cif, self.cif_lens = cif, torch.tensor(cif_lens)
-
-    def forward_cif(self, encoder_out, encoder_out_lens):
-        return fixed_cif_output(self.cif, self.cif_lens)
-
-
-def fixed_cif_transducer(vocab_size: int, cif_lens: List[int], seed: int) -> FixedCifTransducer:
+def fixed_cif_transducer(vocab_size: int, cif_lens: List[int], seed: int) -> FixedCifModel:
+    """A cif_transducer whose CIF layer returns random vectors (N, max(cif_lens), C)."""
     torch.manual_seed(seed)
     model = build_tiny_model("cif_transducer", vocab_size).double()
+    joiner = model.head.joiner
     # An untrained joiner's distributions are nearly flat; sharpen them so that the beam has
     # real choices to make, and make blank rarer so that vectors carry several tokens.
     with torch.no_grad():
-        model.joiner.output_linear.weight.mul_(8.0)
-        model.joiner.output_linear.bias[model.blank_id] -= 2.0
-    dim = model.joiner.encoder_proj.in_features
+        joiner.output_linear.weight.mul_(8.0)
+        joiner.output_linear.bias[model.blank_id] -= 2.0
+    dim = joiner.encoder_proj.in_features
     cif = 3 * torch.randn(len(cif_lens), max(cif_lens), dim, dtype=torch.float64)
-    return FixedCifTransducer(model, cif, cif_lens)
+    fixed = FixedCifModel(model.head, cif, cif_lens)
+    check_model(fixed)
+    return fixed
 
 
-def brute_force_transducer(model: FixedCifTransducer, cif: torch.Tensor, max_sym: int) -> Dict[Tuple[int, ...], float]:
+def brute_force_transducer(model: FixedCifModel, cif: torch.Tensor, max_sym: int) -> Dict[Tuple[int, ...], float]:
     """log p(sequence) for every sequence, summed over every alignment with at most `max_sym`
     tokens per CIF vector (after `max_sym` tokens the next vector starts without a blank)."""
-    decoder, joiner, blank, cs = model.decoder, model.joiner, model.blank_id, model.decoder.context_size
+    decoder, joiner, blank, cs = model.head.decoder, model.head.joiner, model.blank_id, model.head.decoder.context_size
 
     def log_probs(t: int, seq: Tuple[int, ...]) -> torch.Tensor:
         context = ([-1] * (cs - 1) + [blank] + list(seq))[-cs:]
@@ -337,7 +312,7 @@ def test_transducer_beam_search_with_a_wide_beam_is_exact(max_sym):
     model = fixed_cif_transducer(3, [3, 2], seed=4)
     K = 2 ** (3 * max_sym + 1)
     with torch.no_grad():
-        got = modified_beam_search(model, None, None, beam_size=K, max_sym_per_frame=max_sym)
+        got = beam_search(model, None, None, beam_size=K, max_sym_per_frame=max_sym)
         for i, n in enumerate(model.cif_lens.tolist()):
             expected = brute_force_transducer(model, model.cif[i, :n], max_sym)
             assert len(got[i]) == len(expected)
@@ -352,8 +327,8 @@ def test_multi_symbol_transducer_search_equals_naive_reference(max_sym, lm_kind)
     lm, lm_scale = reference_lm(lm_kind)
     K = 3
     with torch.no_grad():
-        got = modified_beam_search(model, None, None, beam_size=K, lm=lm, lm_scale=lm_scale, max_sym_per_frame=max_sym)
-        greedy_like = modified_beam_search(model, None, None, beam_size=K, max_sym_per_frame=1)
+        got = beam_search(model, None, None, beam_size=K, lm=lm, lm_scale=lm_scale, max_sym_per_frame=max_sym)
+        greedy_like = beam_search(model, None, None, beam_size=K, max_sym_per_frame=1)
         for i, n in enumerate(model.cif_lens.tolist()):
             expected = reference_modified_beam_search(model, model.cif[i, :n], K, lm, lm_scale, max_sym)
             assert [h.tokens for h in got[i]] == [seq for seq, _ in expected], i
@@ -368,29 +343,28 @@ def test_multi_symbol_transducer_search_equals_naive_reference(max_sym, lm_kind)
 def test_max_sym_per_frame_must_be_positive():
     model = fixed_cif_transducer(3, [2], seed=0)
     with pytest.raises(ValueError, match="max_sym_per_frame must be >= 1, got 0"):
-        modified_beam_search(model, None, None, beam_size=2, max_sym_per_frame=0)
+        beam_search(model, None, None, beam_size=2, max_sym_per_frame=0)
 
 
 # ---------------------------------------------------------------------- fusion and rescoring at work
-class FakeNarModel(nn.Module):
-    """A cif_ce_nar stand-in whose decoder returns fixed log-probs (N, U, V)."""
+class FixedLogProbs(nn.Module):
+    """A NAR CE decoder stand-in that returns fixed log-probs (N, U, V) whatever its input."""
 
-    decoder_type = "cif_ce_nar"
-    blank_id = 0
-    cif_downsample_factor = 1
-
-    def __init__(self, log_probs: torch.Tensor, cif_lens: List[int]):
+    def __init__(self, log_probs: torch.Tensor):
         super().__init__()
         self.log_probs = log_probs
         self.vocab_size = log_probs.size(2)
-        self.cif_lens = torch.tensor(cif_lens)
 
-    def forward_cif(self, encoder_out, encoder_out_lens):
-        N, U, _ = self.log_probs.shape
-        return fixed_cif_output(torch.zeros(N, U, 1), self.cif_lens)
-
-    def ce_decoder(self, cif, cif_lens, encoder_out, encoder_out_lens):
+    def forward(self, cif, cif_lens, encoder_out, encoder_out_lens):
         return self.log_probs
+
+
+def fake_nar_model(log_probs: torch.Tensor, cif_lens: List[int]) -> FixedCifModel:
+    """A cif_ce_nar model whose decoder returns the given log-probs (N, U, V)."""
+    N, U, _ = log_probs.shape
+    model = FixedCifModel(NarCeHead(FixedLogProbs(log_probs), blank_id=0), torch.zeros(N, U, 1), cif_lens)
+    check_model(model)
+    return model
 
 
 def test_lm_fusion_and_rescoring_fix_an_acoustic_confusion():
@@ -400,7 +374,7 @@ def test_lm_fusion_and_rescoring_fix_an_acoustic_confusion():
     probs[0, 0, 3] = probs[0, 2, 5] = 0.9
     probs[0, 1, 6], probs[0, 1, 4] = 0.5, 0.45
     probs[1, :2, 7] = 0.9  # a second utterance with only two CIF vectors
-    model = FakeNarModel(probs.log(), [3, 2])
+    model = fake_nar_model(probs.log(), [3, 2])
     lm = estimate_kneser_ney([[3, 4, 5]] * 5 + [[3, 6, 7]], V, order=3)
     enc, enc_lens = torch.zeros(2, 3, 1), torch.tensor([3, 3])
     assert decode_batch("greedy_search", model, enc, enc_lens, params()) == [[3, 6, 5], [7, 7]]
@@ -416,7 +390,7 @@ def test_lm_fusion_and_rescoring_fix_an_acoustic_confusion():
 def test_utterance_without_cif_vectors():
     probs = torch.full((2, 2, 6), 0.1).log()
     probs[1, :, 4] = 0.0
-    model = FakeNarModel(probs, [0, 2])
+    model = fake_nar_model(probs, [0, 2])
     enc, enc_lens = torch.zeros(2, 2, 1), torch.tensor([2, 2])
     lm = estimate_kneser_ney([[4, 4]], 6, order=2)
     for method in ("beam_search", "beam_search_lm_shallow_fusion"):
@@ -439,9 +413,9 @@ def test_lm_hypothesis_scores(kind):
 def test_decode_batch_errors_name_the_valid_methods():
     model = build_tiny_model("cif_ce_ar")
     enc, lens = make_encoder_out([10], model.encoder_dim)
-    with pytest.raises(ValueError, match="does not apply.*'beam_search'"):
+    with pytest.raises(ValueError, match="modified_beam_search is not offered by decoder type 'cif_ce_ar'.*'beam_search'"):
         decode_batch("modified_beam_search", model, enc, lens, params())
-    with pytest.raises(ValueError, match="unknown --decoding-method 'fast_beam_search'.*greedy_search"):
+    with pytest.raises(ValueError, match="fast_beam_search is not offered .*greedy_search"):
         decode_batch("fast_beam_search", model, enc, lens, params())
     with pytest.raises(ValueError, match="needs an LM"):
         decode_batch("beam_search_lm_shallow_fusion", model, enc, lens, params())

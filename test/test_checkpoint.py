@@ -18,7 +18,6 @@ from icefall_cif.checkpoint import (
     load_checkpoint,
     remove_checkpoints,
     save_checkpoint,
-    save_checkpoint_with_global_batch_idx,
     update_averaged_model,
 )
 from icefall_cif.utils import AttributeDict
@@ -269,10 +268,6 @@ def test_find_and_remove_checkpoints(tmp_path):
     assert (tmp_path / "epoch-3.pt").exists()
     with pytest.raises(ValueError, match="topk"):
         remove_checkpoints(tmp_path, topk=0)
-
-    model = TinyModel()
-    path = save_checkpoint_with_global_batch_idx(tmp_path / "new", 8000, model)
-    assert names(find_checkpoints(tmp_path / "new")) == ["checkpoint-8000.pt"] == [path.name]
 
 
 def test_average_checkpoints_equals_float64_mean(tmp_path):

@@ -1,17 +1,24 @@
 """icefall_cif.datamodule on the synthetic corpora prepared by test_prepare.py (shared per session)."""
 import argparse
+import itertools
 import logging
 import math
+import pickle
+import random
+import warnings
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from lhotse import CutSet, load_manifest
-from lhotse.utils import fastcopy
+from lhotse import CutSet, MonoCut, Recording, SupervisionSegment, load_manifest, load_manifest_lazy
+from lhotse.audio import AudioSource
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.utils import compute_num_frames, fastcopy
+from torch.utils.data import DataLoader, Dataset
 
 from icefall_cif import data_prep
-from icefall_cif.datamodule import AsrDataModule, filter_cuts, make_sampler, subsampled_length
+from icefall_cif.datamodule import AsrDataModule, CutFilter, filter_cuts, make_sampler, restore_sampler_position
 from icefall_cif.tokenizer import Tokenizer
 from test_prepare import VOCAB_SIZE, prepared_recipe
 
@@ -159,6 +166,11 @@ def _cut_with(cut, duration: float, text: str):
     return fastcopy(cut, id=f"{cut.id}-{duration}-{len(text)}", duration=duration, supervisions=[sup], features=feats)
 
 
+def cif_output_frames(num_frames: int, cif_downsample: int = 2) -> int:
+    """The CIF model's encoder output length (the formula behind `model.num_output_frames`)."""
+    return max(0, -(-(((num_frames - 7) // 2 + 1) // 2) // cif_downsample))
+
+
 def test_filter_cuts_against_a_direct_frame_count(libri, caplog):
     tok = Tokenizer.from_lang_dir(f"data/lang_bpe_{VOCAB_SIZE}")
     base = next(iter(load_manifest("data/fbank/librispeech_cuts_dev-clean.jsonl.gz")))
@@ -188,17 +200,157 @@ def test_filter_cuts_against_a_direct_frame_count(libri, caplog):
             if 1.0 <= c.duration <= 20.0
             and encoder_frames(c.num_frames, cif_downsample) >= len(tok.encode([c.supervisions[0].text])[0])
         ]
-        with caplog.at_level(logging.INFO):
-            caplog.clear()
-            kept = filter_cuts(CutSet.from_cuts(cuts), tok, cif_downsample=cif_downsample)
+        kept, cut_filter = filter_cuts(CutSet.from_cuts(cuts), tok, lambda t: cif_output_frames(t, cif_downsample))
         assert [c.id for c in kept] == expected
         assert 0 < len(expected) < len(cuts)
+        with caplog.at_level(logging.INFO):
+            caplog.clear()
+            cut_filter.log_summary()
         assert f"removed {len(cuts) - len(expected)} of {len(cuts)} cuts" in caplog.text
 
 
-def test_subsampled_length_matches_zipformer_formula_for_cif_downsample_1():
-    for t in range(7, 400):
-        assert subsampled_length(t, 1) == ((t - 7) // 2 + 1) // 2
+class _CharTokenizer:
+    """A tokenizer stand-in: one token per non-space character."""
+
+    def encode(self, texts):
+        return [[ord(ch) for ch in text if not ch.isspace()] for text in texts]
+
+
+def _synthetic_manifest(path, num_cuts: int, seed: int = 0):
+    """Write `num_cuts` audio-less cuts of 0.5-25 s, some with more characters than encoder
+    frames, to `path`; returns the path."""
+    rng = random.Random(seed)
+    words = "the a speech of recognition model cif fires tokens frames at twenty five hertz".split()
+    cuts = []
+    for i in range(num_cuts):
+        duration = round(rng.uniform(0.5, 25.0), 3)
+        text = " ".join(rng.choice(words) for _ in range(int(duration * rng.uniform(0.4, 6.0)) + 1))
+        rec = Recording(
+            id=f"rec{i}", sources=[AudioSource(type="file", channels=[0], source=f"/absent/{i}.flac")],
+            sampling_rate=16000, num_samples=int(duration * 16000), duration=duration,
+        )
+        sup = SupervisionSegment(id=f"sup{i}", recording_id=rec.id, start=0.0, duration=duration, text=text)
+        cuts.append(MonoCut(id=f"cut{i:05d}", start=0.0, duration=duration, channel=0, recording=rec, supervisions=[sup]))
+    CutSet.from_cuts(cuts).to_file(path)
+    return path
+
+
+def _eager_reference_filter(cuts, min_duration=1.0, max_duration=20.0):
+    """The former eager filter_cuts (list + CutSet.from_cuts): the kept CutSet and the counts."""
+    cuts = list(cuts)
+    num_tokens = [len(ids) for ids in _CharTokenizer().encode([c.supervisions[0].text for c in cuts])]
+    kept, counts = [], dict.fromkeys(CutFilter.OUTCOMES, 0)
+    for cut, u in zip(cuts, num_tokens):
+        if cut.duration < min_duration:
+            counts["too_short"] += 1
+        elif cut.duration > max_duration:
+            counts["too_long"] += 1
+        elif cif_output_frames(compute_num_frames(cut.duration, 0.01, cut.sampling_rate)) < u:
+            counts["too_many_tokens"] += 1
+        else:
+            counts["kept"] += 1
+            kept.append(cut)
+    return CutSet.from_cuts(kept), counts
+
+
+@pytest.mark.parametrize("argv", [(), ("--max-duration", "60"), ("--bucketing-sampler", "0"), ("--shuffle", "0")])
+def test_lazy_filter_matches_the_eager_one_and_the_sampler_batches_too(tmp_path, argv):
+    """The lazy filter keeps the eager filter's cuts, and the train sampler batches them identically."""
+    path = _synthetic_manifest(tmp_path / "cuts.jsonl.gz", 600)
+    reference, reference_counts = _eager_reference_filter(load_manifest_lazy(path))
+    assert all(reference_counts.values())  # every reason occurs
+
+    kept, cut_filter = filter_cuts(load_manifest_lazy(path), _CharTokenizer(), cif_output_frames)
+    assert kept.is_lazy and cut_filter.counts is None and cut_filter.num_passes == 0  # nothing read yet
+    list(itertools.islice(kept, 10))
+    assert cut_filter.counts is None  # an abandoned pass is not counted
+    assert [c.id for c in kept] == [c.id for c in reference]
+    assert cut_filter.counts == reference_counts
+    list(kept)
+    assert cut_filter.counts == reference_counts and cut_filter.num_passes == 2  # per pass, not summed
+
+    dm = AsrDataModule(make_args("--max-duration", "200", *argv))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lhotse's notices about buffer sizes / eager sets
+        lazy_sampler = dm.train_dataloaders(kept).sampler
+        eager_sampler = dm.train_dataloaders(reference).sampler
+    assert type(lazy_sampler) is type(eager_sampler)
+    for epoch in range(2):
+        lazy_sampler.set_epoch(epoch)
+        eager_sampler.set_epoch(epoch)
+        lazy_batches = [[c.id for c in b] for b in lazy_sampler]
+        assert lazy_batches == [[c.id for c in b] for b in eager_sampler]
+        assert len(lazy_batches) > 1
+
+    # Picklable (a sampler may travel to DataLoader workers, e.g. with Lhotse's IterableDatasetWrapper).
+    assert [c.id for c in pickle.loads(pickle.dumps(kept))] == [c.id for c in reference]
+
+
+def test_cut_filter_summary_warns_when_every_cut_is_removed(tmp_path, caplog):
+    path = _synthetic_manifest(tmp_path / "cuts.jsonl.gz", 50)
+    kept, cut_filter = filter_cuts(load_manifest_lazy(path), _CharTokenizer(), lambda t: 0, max_duration=30.0)
+    assert "no pass" in cut_filter.summary()
+    with caplog.at_level(logging.DEBUG):
+        assert list(kept) == []
+        cut_filter.log_summary()
+    assert "removed 50 of 50 cuts" in caplog.text and "filter_cuts removed every cut" in caplog.text
+    assert "Dropping cut" in caplog.text  # each dropped cut at debug level
+
+
+class _CutIds(Dataset):
+    """A dataset whose batches are the sampled cut ids (no features needed)."""
+
+    def __getitem__(self, cuts):
+        return [c.id for c in cuts]
+
+
+def _epoch_ids(sampler):
+    return list(DataLoader(_CutIds(), sampler=sampler, batch_size=None))
+
+
+@pytest.fixture(scope="module")
+def synthetic_kept_cuts(tmp_path_factory):
+    path = _synthetic_manifest(tmp_path_factory.mktemp("synthetic") / "cuts.jsonl.gz", 300, seed=1)
+    return filter_cuts(load_manifest_lazy(path), _CharTokenizer(), cif_output_frames)[0]
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "simple"])
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_restore_sampler_position_continues_the_epoch(synthetic_kept_cuts, kind, world_size):
+    """After restore_sampler_position(k) a DataLoader yields exactly batches k+1.. of the epoch."""
+
+    def make(rank: int):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if kind == "dynamic":
+                return DynamicBucketingSampler(synthetic_kept_cuts, max_duration=40, shuffle=True, num_buckets=3,
+                                               buffer_size=15000, drop_last=True, world_size=world_size, rank=rank)
+            return SimpleCutSampler(synthetic_kept_cuts.to_eager(), max_duration=40, shuffle=True, drop_last=True,
+                                    world_size=world_size, rank=rank)
+
+    durations = {c.id: c.duration for c in synthetic_kept_cuts}
+    for rank in range(world_size):
+        sampler = make(rank)
+        sampler.set_epoch(2)
+        full = _epoch_ids(sampler)
+        assert len(full) >= 8
+        restored = make(rank)
+        # Restoring the same sampler again (k decreasing too) must restart the epoch each time.
+        for k in (3, 0, 1, len(full) // 2, len(full) - 1, len(full), 2):
+            seconds = restore_sampler_position(restored, 2, k)
+            assert _epoch_ids(restored) == full[k:], (kind, world_size, rank, k)
+            assert seconds == pytest.approx(sum(durations[i] for batch in full[:k] for i in batch))
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "simple"])
+def test_restore_sampler_position_with_too_few_batches(synthetic_kept_cuts, kind):
+    sampler = make_sampler(synthetic_kept_cuts, max_duration=40, shuffle=True, drop_last=True,
+                           num_buckets=3 if kind == "dynamic" else None)
+    assert isinstance(sampler, DynamicBucketingSampler if kind == "dynamic" else SimpleCutSampler)
+    sampler.set_epoch(0)
+    n = len(_epoch_ids(sampler))
+    with pytest.raises(ValueError, match=rf"after {n + 1} batches of epoch 1, .* gives only {n}: .*--max-duration"):
+        restore_sampler_position(sampler, 0, n + 1)
 
 
 def test_on_the_fly_features_match_stored_ones(libri):

@@ -8,16 +8,20 @@ What is checked:
   kaldialign's on the pairs of the recogs file, logs/writes the RTF, and `--num-plots` PNGs;
 - `--epoch/--avg/--iter/--use-averaged-model` pick the weights an independent float64
   computation from the raw checkpoints gives;
-- bad input (too large --avg, missing checkpoints or test manifest, another vocabulary or model
-  config, a method the decoder type lacks) fails with an error naming the option to change;
-- `--lm-scale` is the LM fusion weight (0 reproduces plain beam search), not the model's
-  training-only option of the same name;
+- the model is rebuilt from the checkpoint's saved config with no model options; a given model
+  option that contradicts it is an error naming both values (and the CLI exits non-zero);
+  checkpoints saved without a config decode when the options are given;
+- bad input (too large --avg, missing checkpoints or test manifest, another vocabulary, a method
+  the decoder type lacks) fails with an error naming the option to change;
+- `--lm-scale` is the LM fusion weight (0 reproduces plain beam search);
 - the transducer's methods run on the checkpoint of the `--world-size 2` run.
 """
 import ast
 import importlib.util
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -49,8 +53,9 @@ RECOG_LINE = re.compile(r"^(.*):\t(ref|hyp)=(\[.*\])$")
 
 
 def decode_options(model: TrainedModel, exp_dir: Path, *extra: str) -> List[str]:
+    """decode.py's options: no model options, the checkpoint has the architecture."""
     corpus = model.corpus
-    return model.model_options + [
+    return [
         "--exp-dir", str(exp_dir), "--lang-dir", str(corpus.lang_dir), "--manifest-dir", str(corpus.manifest_dir),
         "--max-duration", "10", "--num-workers", "0", "--num-threads", "1", *extra,
     ]
@@ -195,10 +200,8 @@ def test_bad_decoding_input_is_a_clear_error(tiny_model: TrainedModel, tmp_path)
 
     with pytest.raises(ValueError, match=r"trained with 64 tokens but .*lang_bpe_40 has 40: pass the --lang-dir"):
         decode_in_process(base + ["--lang-dir", str(corpus.other_lang_dir)], corpus)
-    with pytest.raises(ValueError, match=r"do not fit the model .*--encoder-dim is 64,64 here but was 48,48 in train"):
-        decode_in_process(base + ["--encoder-dim", "64,64"], corpus)
-    with pytest.raises(ValueError, match=r"modified_beam_search does not apply to --decoder-type cif_ce_ar; use one "
-                                         r"of \['greedy_search', 'beam_search'"):
+    with pytest.raises(ValueError, match=r"modified_beam_search does not apply to the decoder type 'cif_ce_ar' of the "
+                                         r"model in .*; use one of \['greedy_search', 'beam_search'"):
         decode_in_process(base + ["--decoding-method", "modified_beam_search"], corpus)
     with pytest.raises(ValueError, match=r"beam_search_lm_shallow_fusion needs an LM: pass --lm-type"):
         decode_in_process(base + ["--decoding-method", "beam_search_lm_shallow_fusion"], corpus)
@@ -211,6 +214,42 @@ def test_bad_decoding_input_is_a_clear_error(tiny_model: TrainedModel, tmp_path)
                                                 r"not found\. Create it with prepare\.sh"):
         decode_in_process(base + ["--manifest-dir", str(no_test)], corpus)
     assert not list(exp.glob("*/recogs-*"))  # nothing was decoded
+
+
+def test_decode_rebuilds_the_model_from_the_checkpoint(tiny_model: TrainedModel, tmp_path):
+    corpus = tiny_model.corpus
+    exp = copy_exp_dir(tiny_model, tmp_path / "exp", ["epoch-1.pt", "epoch-2.pt"])
+    base = decode_options(tiny_model, exp, "--epoch", "2", "--avg", "1", "--use-averaged-model", "0")
+    rates = decode_in_process(base, corpus)
+    suffix = "greedy_search-epoch-2-avg-1"
+    recogs = {t: read_recogs(exp / "greedy_search" / f"recogs-{t}-{suffix}.txt") for t in TEST_SETS}
+
+    # The options it was trained with are accepted; one that contradicts the checkpoint is not.
+    assert decode_in_process(base + tiny_model.model_options, corpus) == rates
+    with pytest.raises(ValueError, match=r"contradict the checkpoint: --encoder-dim is 64,64 here but the model in "
+                                         r".* was trained with 48,48; --decoder-type is cif_ce_nar here .* cif_ce_ar"):
+        decode_in_process(base + ["--encoder-dim", "64,64", "--decoder-type", "cif_ce_nar"], corpus)
+    proc = subprocess.run(
+        [sys.executable, str(LIBRI / "zipformer_cif" / "decode.py"), *base, "--ce-decoder-dim", "64"],
+        cwd=corpus.root, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "decode.py: error: Model options that contradict the checkpoint: --ce-decoder-dim is 64 here" in proc.stderr
+    # An inference-only option may differ from training.
+    decode_in_process(base + ["--tail-threshold", "0.3"], corpus)
+
+    # A checkpoint from before the config was saved: decoded with the options given, else a clear error.
+    old = tmp_path / "old"
+    old.mkdir()
+    saved = load(exp / "epoch-2.pt")
+    del saved["model_config"], saved["token_table"]
+    torch.save(saved, old / "epoch-2.pt")
+    old_base = decode_options(tiny_model, old, "--epoch", "2", "--avg", "1", "--use-averaged-model", "0")
+    with pytest.raises(ValueError, match=r"saved without their model config: pass the model options"):
+        decode_in_process(old_base, corpus)
+    assert decode_in_process(old_base + tiny_model.model_options, corpus) == rates
+    for t in TEST_SETS:
+        assert read_recogs(old / "greedy_search" / f"recogs-{t}-{suffix}.txt") == recogs[t]
 
 
 def test_lm_scale_is_the_fusion_weight(tiny_model: TrainedModel, ngram_lm: Path, tmp_path):

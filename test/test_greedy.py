@@ -1,60 +1,48 @@
 """Tests for icefall_cif/decode/greedy.py: batched greedy search against naive references.
 
-The searches run on a stand-in model whose `forward_cif` returns fixed CIF vectors (with
-garbage at the padded positions), so each decoder's search is checked on its own, against
+The searches run on a stand-in model (a checked CifModel) whose `forward_cif` returns fixed
+CIF vectors (with garbage at the padded positions), so each decoder's search is checked on its own, against
 per-utterance loops written here.
 """
-from typing import List, NamedTuple
+from typing import List
 
 import pytest
 import torch
-import torch.nn as nn
+from ce_ar_head import ArCeHead
 from ce_decoder import ArCeDecoder, NarCeDecoder
+from ce_nar_head import NarCeHead
 from decoder import Decoder
+from helpers_decode import FixedCifModel
 from joiner import Joiner
+from transducer_head import TransducerHead
 
 from icefall_cif.decode import GreedyResult, ctc_greedy_search, greedy_search
+from icefall_cif.model_contract import check_model
 
 V = 12
 C = 16
 BLANK = 0
 
 
-class _CifOut(NamedTuple):
-    cif: torch.Tensor
-    cif_lens: torch.Tensor
-    fire_frames: torch.Tensor
-
-
-class StandInModel(nn.Module):
-    """Duck-typed CifAsrModel: fixed CIF output, real decoder modules."""
-
-    def __init__(self, decoder_type: str, cif: torch.Tensor, cif_lens: torch.Tensor, ds: int = 2):
-        super().__init__()
-        self.decoder_type = decoder_type
-        self.blank_id = BLANK
-        self.cif_downsample_factor = ds
-        self.cif, self.cif_lens = cif, cif_lens
-        N, U, _ = cif.shape
-        # Fire frames: a strictly increasing random-ish sequence per utterance, -1 at padding.
-        frames = torch.cumsum(torch.randint(1, 4, (N, U)), dim=1)
-        self.fire_frames = frames.masked_fill(torch.arange(U) >= cif_lens.unsqueeze(1), -1)
-        if decoder_type == "cif_transducer":
-            self.decoder = Decoder(V, 16, BLANK, context_size=2)
-            self.joiner = Joiner(C, 16, 24, V)
-            with torch.no_grad():
-                # Make blank about as likely as a symbol so hypotheses are neither empty
-                # nor one symbol per emission step.
-                self.joiner.output_linear.weight.mul_(8.0)
-                self.joiner.output_linear.bias.zero_()
-        elif decoder_type == "cif_ce_ar":
-            self.ce_decoder = ArCeDecoder(C, V, d_model=16, num_layers=2, num_heads=2, blank_id=BLANK)
-        else:
-            self.ce_decoder = NarCeDecoder(C, C, V, d_model=16, num_layers=2, num_heads=2)
-        self.eval()
-
-    def forward_cif(self, encoder_out, encoder_out_lens):
-        return _CifOut(self.cif, self.cif_lens, self.fire_frames)
+def stand_in(decoder_type: str, cif: torch.Tensor, cif_lens: torch.Tensor, ds: int = 2) -> FixedCifModel:
+    """A checked CifModel with fixed CIF output and a real head of `decoder_type`."""
+    N, U, _ = cif.shape
+    # Fire frames: a strictly increasing random-ish sequence per utterance.
+    frames = torch.cumsum(torch.randint(1, 4, (N, U)), dim=1)
+    if decoder_type == "cif_transducer":
+        head = TransducerHead(Decoder(V, 16, BLANK, context_size=2), Joiner(C, 16, 24, V), C, V)
+        with torch.no_grad():
+            # Make blank about as likely as a symbol so hypotheses are neither empty
+            # nor one symbol per emission step.
+            head.joiner.output_linear.weight.mul_(8.0)
+            head.joiner.output_linear.bias.zero_()
+    elif decoder_type == "cif_ce_ar":
+        head = ArCeHead(ArCeDecoder(C, V, d_model=16, num_layers=2, num_heads=2, blank_id=BLANK))
+    else:
+        head = NarCeHead(NarCeDecoder(C, C, V, d_model=16, num_layers=2, num_heads=2), BLANK)
+    model = FixedCifModel(head, cif, cif_lens, frames, cif_downsample_factor=ds).eval()
+    check_model(model)
+    return model
 
 
 def _ragged_cif(lens: List[int]):
@@ -105,9 +93,9 @@ def test_ctc_greedy_rejects_bad_shapes():
 
 
 # ---------------------------------------------------------------------------- transducer
-def _transducer_reference(model: StandInModel, max_sym: int):
+def _transducer_reference(model: FixedCifModel, max_sym: int):
     """Per-utterance frame-wise greedy search, written out without batching."""
-    dec, joi = model.decoder, model.joiner
+    dec, joi = model.head.decoder, model.head.joiner
     hyps, frames = [], []
     for i in range(model.cif.size(0)):
         context = [-1] * (dec.context_size - 1) + [BLANK]
@@ -130,7 +118,7 @@ def _transducer_reference(model: StandInModel, max_sym: int):
 @pytest.mark.parametrize("max_sym", [1, 3])
 def test_transducer_greedy_matches_reference(max_sym):
     cif, cif_lens = _ragged_cif([7, 3, 0, 5])
-    model = StandInModel("cif_transducer", cif, cif_lens)
+    model = stand_in("cif_transducer", cif, cif_lens)
     enc, enc_lens = _encoder(4)
     with torch.no_grad():
         ref_hyps, ref_frames = _transducer_reference(model, max_sym)
@@ -146,7 +134,7 @@ def test_transducer_greedy_matches_reference(max_sym):
 
 def test_transducer_greedy_rejects_zero_symbols_per_frame():
     cif, cif_lens = _ragged_cif([2])
-    model = StandInModel("cif_transducer", cif, cif_lens)
+    model = stand_in("cif_transducer", cif, cif_lens)
     with pytest.raises(ValueError, match="max_sym_per_frame"):
         greedy_search(model, *_encoder(1), max_sym_per_frame=0)
 
@@ -154,7 +142,7 @@ def test_transducer_greedy_rejects_zero_symbols_per_frame():
 # ---------------------------------------------------------------------------- AR / NAR
 def test_ar_greedy_matches_recomputed_reference():
     cif, cif_lens = _ragged_cif([6, 2, 4])
-    model = StandInModel("cif_ce_ar", cif, cif_lens)
+    model = stand_in("cif_ce_ar", cif, cif_lens)
     ref = []
     with torch.no_grad():
         for i in range(3):
@@ -162,7 +150,7 @@ def test_ar_greedy_matches_recomputed_reference():
             n = int(cif_lens[i])
             for u in range(n):
                 # Full parallel pass over the prefix, last position: no cache involved.
-                logits = model.ce_decoder(cif[i : i + 1, : u + 1], torch.tensor([u + 1]), torch.tensor([prev]))
+                logits = model.head.ce_decoder(cif[i : i + 1, : u + 1], torch.tensor([u + 1]), torch.tensor([prev]))
                 prev.append(int(logits[0, -1].argmax()))
             ref.append(prev[1:])
     result = greedy_search(model, *_encoder(3), return_timestamps=True)
@@ -173,14 +161,14 @@ def test_ar_greedy_matches_recomputed_reference():
 
 def test_nar_greedy_is_argmax_per_vector():
     cif, cif_lens = _ragged_cif([5, 1, 3])
-    model = StandInModel("cif_ce_nar", cif, cif_lens)
+    model = stand_in("cif_ce_nar", cif, cif_lens)
     enc, enc_lens = _encoder(3)
     enc_lens = torch.tensor([9, 4, 6])
     ref = []
     with torch.no_grad():
         for i in range(3):
             n, t = int(cif_lens[i]), int(enc_lens[i])
-            logits = model.ce_decoder(cif[i : i + 1, :n], cif_lens[i : i + 1], enc[i : i + 1, :t], enc_lens[i : i + 1])
+            logits = model.head.ce_decoder(cif[i : i + 1, :n], cif_lens[i : i + 1], enc[i : i + 1, :t], enc_lens[i : i + 1])
             ref.append(logits[0].argmax(-1).tolist())
     assert greedy_search(model, enc, enc_lens) == ref
     assert [len(h) for h in ref] == cif_lens.tolist()
@@ -188,14 +176,21 @@ def test_nar_greedy_is_argmax_per_vector():
 
 @pytest.mark.parametrize("decoder_type", ["cif_transducer", "cif_ce_ar", "cif_ce_nar"])
 def test_greedy_without_any_fire_gives_empty_hyps(decoder_type):
-    model = StandInModel(decoder_type, torch.zeros(2, 0, C), torch.zeros(2, dtype=torch.int64))
+    model = stand_in(decoder_type, torch.zeros(2, 0, C), torch.zeros(2, dtype=torch.int64))
     result = greedy_search(model, *_encoder(2), return_timestamps=True)
     assert result.hyps == [[], []] and result.timestamps == [[], []]
 
 
-def test_greedy_rejects_unknown_decoder_type():
+def test_check_model_names_what_a_model_lacks():
     cif, cif_lens = _ragged_cif([2])
-    model = StandInModel("cif_ce_nar", cif, cif_lens)
-    model.decoder_type = "attention"
-    with pytest.raises(ValueError, match="decoder_type 'attention'"):
-        greedy_search(model, *_encoder(1))
+    model = stand_in("cif_ce_nar", cif, cif_lens)
+    model.head = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="head is a Linear, not a DecoderHead"):
+        check_model(model)
+
+    class NoCif:
+        head, blank_id, vocab_size, cif_downsample_factor = model.head, 0, V, 2
+
+    with pytest.raises(TypeError, match=r"NoCif is not a CifModel: it lacks \['forward', 'forward_encoder', "
+                                        r"'forward_cif'"):
+        check_model(NoCif())

@@ -16,26 +16,21 @@ import torch
 from ce_decoder import ArCeDecoder, NarCeDecoder
 from decoder import Decoder
 from joiner import Joiner
-from model import (
-    DECODER_TYPES,
-    CifAsrModel,
-    add_model_arguments,
-    get_model,
-    get_model_defaults,
-    pad_token_ids,
-    transducer_loss_scales,
-)
+from model import HEADS, CifAsrModel, ModelConfig, get_model, pad_token_ids
+from transducer_head import transducer_loss_scales
 
+from icefall_cif.config import LossConfig, add_config_arguments, config_from_options
 from icefall_cif.decode import greedy_search
+from icefall_cif.model_contract import check_model, loss_weights
 from icefall_cif.optim import ScaledAdam
-from icefall_cif.utils import AttributeDict
 
 VOCAB = 30
+DECODER_TYPES = tuple(HEADS)
 
 
-def small_params(decoder_type: str, **overrides) -> AttributeDict:
+def small_config(decoder_type: str, **overrides) -> ModelConfig:
     """A two-stack Zipformer smaller than `tiny`, with small decoders: fast on 2 CPU cores."""
-    params = AttributeDict(
+    params = dict(
         vocab_size=VOCAB,
         blank_id=0,
         feature_dim=80,
@@ -56,7 +51,13 @@ def small_params(decoder_type: str, **overrides) -> AttributeDict:
         cif_hidden_dim=64,
     )
     params.update(overrides)
-    return params
+    return ModelConfig(**params)
+
+
+def weighted_loss(model, losses, loss_config: LossConfig, batch_idx_train: int) -> torch.Tensor:
+    """The total the training loop back-propagates."""
+    weights = loss_weights(model, loss_config, batch_idx_train)
+    return sum(weights[name] * losses[name] for name in weights)
 
 
 def random_batch(n: int, generator: torch.Generator, min_frames: int = 100, max_frames: int = 200):
@@ -133,17 +134,17 @@ def naive_smoothed_ce(logits: torch.Tensor, target: List[int], smoothing: float)
 @pytest.mark.parametrize("decoder_type", DECODER_TYPES)
 def test_forward_shapes_and_loss_keys(decoder_type):
     g = torch.Generator().manual_seed(1)
-    model = get_model(small_params(decoder_type))
+    model = get_model(small_config(decoder_type))
+    check_model(model)
     x, x_lens, ys = random_batch(3, g)
-    out = model(x, x_lens, ys, batch_idx_train=0)
-    expected = {"ctc_loss", "quantity_loss", "loss"} | (
+    out = model(x, x_lens, ys, LossConfig())
+    expected = {"ctc_loss", "quantity_loss"} | (
         {"simple_loss", "pruned_loss"} if decoder_type == "cif_transducer" else {"ce_loss"}
     )
-    assert set(out) == expected
+    assert set(out) == expected == set(loss_weights(model, LossConfig(), 0))
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
-    out["loss"].backward()
-    head = model.joiner if decoder_type == "cif_transducer" else model.ce_decoder
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
+    weighted_loss(model, out, LossConfig(), 0).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.head.parameters())
     assert model.cif_predictor.weight_proj.weight.grad.abs().sum() > 0
 
     model.eval()
@@ -169,11 +170,12 @@ def test_losses_match_naive_references(decoder_type):
     g = torch.Generator().manual_seed(2)
     # prune_range above every U + 1: the pruned loss must then equal the full RNN-T loss;
     # lm/am smoothing off: the simple loss is then the plain RNN-T loss of the trivial joiner.
-    params = small_params(decoder_type, prune_range=12, lm_scale=0.0, am_scale=0.0, warm_step=100)
-    model = get_model(params).eval()
+    loss_config = LossConfig(prune_range=12, lm_scale=0.0, am_scale=0.0, warm_step=100)
+    model = get_model(small_config(decoder_type)).eval()
+    head = model.head
     x, x_lens, ys = random_batch(3, g)
     with torch.no_grad():
-        out = model(x, x_lens, ys, batch_idx_train=50)
+        out = model(x, x_lens, ys, loss_config)
         enc, enc_lens = model.forward_encoder(x, x_lens)
         y_lens = torch.tensor([len(y) for y in ys])
         cif_out = model.forward_cif(enc, enc_lens, y_lens)
@@ -189,11 +191,11 @@ def test_losses_match_naive_references(decoder_type):
         simple_ref = pruned_ref = 0.0
         with torch.no_grad():
             for i, y in enumerate(ys):
-                dec = model.decoder(torch.tensor([[0] + y]))[0]  # (U+1, D)
+                dec = head.decoder(torch.tensor([[0] + y]))[0]  # (U+1, D)
                 cif = cif_out.cif[i, : len(y)]  # (T=U, C)
-                full = model.joiner(cif.unsqueeze(1), dec.unsqueeze(0))  # (T, U+1, V)
+                full = head.joiner(cif.unsqueeze(1), dec.unsqueeze(0))  # (T, U+1, V)
                 pruned_ref += naive_rnnt_loss(full, y, 0)
-                trivial = model.simple_am_proj(cif).unsqueeze(1) + model.simple_lm_proj(dec).unsqueeze(0)
+                trivial = head.simple_am_proj(cif).unsqueeze(1) + head.simple_lm_proj(dec).unsqueeze(0)
                 simple_ref += naive_rnnt_loss(trivial, y, 0)
         assert out["pruned_loss"].item() == pytest.approx(pruned_ref, rel=1e-4)
         assert out["simple_loss"].item() == pytest.approx(simple_ref, rel=1e-4)
@@ -204,13 +206,13 @@ def test_losses_match_naive_references(decoder_type):
             if decoder_type == "cif_ce_ar":
                 # Teacher forcing: step u is fed token u-1, the blank (0) at u = 0.
                 prev = pad_token_ids([[0] + y[:-1] for y in ys], 0, enc.device)
-                logits = model.ce_decoder(cif_out.cif, cif_out.cif_lens, prev)
+                logits = head.ce_decoder(cif_out.cif, cif_out.cif_lens, prev)
             else:
-                logits = model.ce_decoder(cif_out.cif, cif_out.cif_lens, enc, enc_lens)
+                logits = head.ce_decoder(cif_out.cif, cif_out.cif_lens, enc, enc_lens)
         ce_ref = sum(naive_smoothed_ce(logits[i, : len(y)], y, 0.1) for i, y in enumerate(ys))
         assert out["ce_loss"].item() == pytest.approx(ce_ref, rel=1e-4)
         total += ce_ref
-    assert out["loss"].item() == pytest.approx(total, rel=1e-4)
+    assert weighted_loss(model, out, loss_config, 50).item() == pytest.approx(total, rel=1e-4)
 
 
 def test_transducer_loss_scales_follow_icefall_warmup():
@@ -308,14 +310,13 @@ def test_nar_decoder_ignores_padding():
 # ---------------------------------------------------------------------------- options
 def test_options_override_encoder_config_and_cif_downsample():
     parser = argparse.ArgumentParser()
-    add_model_arguments(parser)
+    add_config_arguments(parser, ModelConfig)
     args = parser.parse_args(
         "--encoder-config tiny --num-encoder-layers 1,2 --downsampling-factor 1,2 "
         "--encoder-dim 48,64 --encoder-unmasked-dim 48,48 --feedforward-dim 96,128 "
         "--cnn-module-kernel 7,7 --num-heads 2 --cif-downsample 1 --decoder-type cif_ce_nar".split()
     )
-    params = AttributeDict(vars(args), vocab_size=VOCAB, blank_id=0, feature_dim=80)
-    model = get_model(params)
+    model = get_model(config_from_options(ModelConfig, dict(vars(args), vocab_size=VOCAB)))
     assert isinstance(model, CifAsrModel)
     assert model.encoder.num_encoder_layers == (1, 2) and model.encoder.encoder_dim == (48, 64)
     assert model.encoder_dim == 64 and model.cif_downsample is None
@@ -326,26 +327,24 @@ def test_options_override_encoder_config_and_cif_downsample():
         cif_out = model.forward_cif(enc, enc_lens)
     # No extra downsampling: one CIF weight per encoder frame.
     assert cif_out.alpha.shape == enc.shape[:2]
-    defaults = get_model_defaults()
-    assert defaults.cif_downsample == 2 and defaults.ctc_loss_scale == 0.5
-    assert defaults.quantity_loss_scale == 1.0 and defaults.label_smoothing == 0.1
+    defaults, loss_defaults = ModelConfig(), LossConfig()
+    assert defaults.cif_downsample == 2 and loss_defaults.ctc_loss_scale == 0.5
+    assert loss_defaults.quantity_loss_scale == 1.0 and loss_defaults.label_smoothing == 0.1
 
 
 def test_get_model_errors_say_what_is_missing():
-    params = small_params("cif_ce_ar")
-    del params["vocab_size"]
     with pytest.raises(ValueError, match="vocab_size"):
-        get_model(params)
-    with pytest.raises(ValueError, match="decoder-type"):
-        get_model(small_params("ctc_only"))
+        get_model(small_config("cif_ce_ar", vocab_size=None))
+    with pytest.raises(ValueError, match="decoder_type must be one of"):
+        get_model(small_config("ctc_only"))
     with pytest.raises(ValueError, match="cif_downsample"):
-        get_model(small_params("cif_ce_ar", cif_downsample=0))
+        get_model(small_config("cif_ce_ar", cif_downsample=0))
 
 
 @pytest.mark.parametrize("decoder_type", DECODER_TYPES)
 def test_random_model_is_padding_invariant(decoder_type):
     g = torch.Generator().manual_seed(3)
-    model = get_model(small_params(decoder_type)).eval()
+    model = get_model(small_config(decoder_type)).eval()
     x, x_lens, _ = random_batch(3, g)
     with torch.no_grad():
         enc, enc_lens = model.forward_encoder(x, x_lens)
@@ -371,7 +370,8 @@ def test_tiny_model_overfits_and_decodes_exactly(decoder_type):
     random.seed(0)  # the Balancers draw from Python's generator
     g = torch.Generator().manual_seed(4)
     # No dropout: nothing here should keep the model from memorizing.
-    model = get_model(small_params(decoder_type, warm_step=20, cif_dropout=0.0, ce_decoder_dropout=0.0))
+    model = get_model(small_config(decoder_type, cif_dropout=0.0, ce_decoder_dropout=0.0))
+    loss_config = LossConfig(warm_step=20)
     x, x_lens, ys = random_batch(8, g)
     optimizer = ScaledAdam(model.parameters(), lr=0.045, clipping_scale=2.0)
     # Constant for 30 steps, then down to 0.1x over 50: the quantity loss is an L1 loss whose
@@ -388,7 +388,7 @@ def test_tiny_model_overfits_and_decodes_exactly(decoder_type):
     start = time.process_time()
     for step in range(150):
         model.train()
-        loss = model(x, x_lens, ys, batch_idx_train=step)["loss"]
+        loss = weighted_loss(model, model(x, x_lens, ys, loss_config), loss_config, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -398,7 +398,7 @@ def test_tiny_model_overfits_and_decodes_exactly(decoder_type):
             break
     hyps = decode(x, x_lens)
     with torch.no_grad():
-        final_loss = model(x, x_lens, ys)["loss"].item()
+        final_loss = weighted_loss(model, model(x, x_lens, ys, loss_config), loss_config, step).item()
     print(f"{decoder_type}: {step + 1} steps, {time.process_time() - start:.1f} s CPU, loss {first_loss:.1f} -> {final_loss:.2f}")
     assert final_loss < 0.1 * first_loss
     assert hyps == ys

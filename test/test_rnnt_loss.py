@@ -1,6 +1,6 @@
 """Tests for icefall_cif/rnnt_loss.py against naive float64 dynamic programmes written here."""
 import math
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import pytest
 import torch

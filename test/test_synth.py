@@ -14,6 +14,8 @@ import soundfile as sf
 from wordfreq import get_frequency_dict
 
 from icefall_cif import synth
+from icefall_cif.corpora.librispeech import LibriSpeechLayout
+from icefall_cif.synth.render import EDGE_SILENCE_S
 from icefall_cif.wordlists import chinese_words, english_words, zipf_weights
 
 requires_espeak = pytest.mark.skipif(
@@ -157,8 +159,8 @@ def test_held_out_sentences_never_reach_train_even_with_a_tiny_vocabulary(tmp_pa
     # 6 words, 2-3 per sentence: 252 sentences in all, so train and dev would collide often
     # without the hash partition.
     config = synth.SynthConfig(vocab_size=6, min_words=2, max_words=3)
-    layout = synth._LibriSpeechLayout(tmp_path, config)
-    planner = synth._Planner(layout, config, ["en-us", "en-gb"], "espeak-ng")
+    layout = LibriSpeechLayout(tmp_path, config)
+    planner = synth.Planner(layout, config, ["en-us", "en-gb"], "espeak-ng")
     got = {}
     for split, n in (("train", 120), ("dev", 5), ("test", 5)):
         stream = planner.sentences(split)
@@ -172,8 +174,8 @@ def test_held_out_sentences_never_reach_train_even_with_a_tiny_vocabulary(tmp_pa
 
 def test_running_out_of_sentences_is_explained(tmp_path):
     config = synth.SynthConfig(vocab_size=2, min_words=1, max_words=1)
-    planner = synth._Planner(
-        synth._LibriSpeechLayout(tmp_path, config), config, ["en-us", "en-gb"], "espeak-ng"
+    planner = synth.Planner(
+        LibriSpeechLayout(tmp_path, config), config, ["en-us", "en-gb"], "espeak-ng"
     )
     with pytest.raises(ValueError, match="raise --vocab-size"):
         list(planner.sentences("train"))
@@ -221,7 +223,7 @@ def test_render_utterance_level_silence_and_snr():
     assert len(clean) == len(noisy)
     peak_db = 20 * np.log10(np.max(np.abs(clean)))
     assert -6.0 - 1e-9 <= peak_db <= -1.0 + 1e-9
-    lead = int(synth._EDGE_SILENCE_S[0] * synth.SAMPLE_RATE)
+    lead = int(EDGE_SILENCE_S[0] * synth.SAMPLE_RATE)
     assert not np.any(clean[:lead]) and not np.any(clean[-lead:])
     noise = noisy - clean
     snr = 10 * np.log10(np.mean(clean**2) / np.mean(noise**2))
@@ -428,8 +430,8 @@ def test_same_seed_same_corpus_whatever_the_number_of_jobs(aishell, tmp_path):
 def test_other_seed_other_sentences_and_speakers(tmp_path):
     def plan(seed: int) -> Tuple[List[str], List[Tuple[str, int, int]]]:
         config = synth.SynthConfig(seed=seed)
-        planner = synth._Planner(
-            synth._LibriSpeechLayout(tmp_path, config), config, synth.ENGLISH_VOICES, "espeak-ng"
+        planner = synth.Planner(
+            LibriSpeechLayout(tmp_path, config), config, synth.ENGLISH_VOICES, "espeak-ng"
         )
         texts = [u.transcript for u in islice(planner.utterances("train"), 10)]
         speakers = [planner.speaker("train", k) for k in range(5)]

@@ -1,11 +1,12 @@
-"""train.py end to end (icefall_cif/trainer.py behind both recipes' zipformer_cif/train.py).
+"""train.py end to end (icefall_cif/training/ behind both recipes' zipformer_cif/train.py).
 
 The runs are tiny (see recipe_fixtures.py): a 12-utterance synthetic corpus, a ~0.4 M-parameter
 model, one thread. What is checked:
 
 - a single-process run writes epoch-N.pt, checkpoint-<batch>.pt (only the newest --keep-last-k),
-  log-train-* with per-component losses, lr, speed and ETA, tensorboard scalars, and validation
-  loss + greedy WER each epoch;
+  log-train-* and its JSON-lines records (per-component losses, lr, speed and ETA), tensorboard
+  scalars, and validation loss + greedy WER each epoch; checkpoints carry the model config and
+  the token table;
 - `kill -9` in the middle of an epoch, then `--start-batch -1`: the final checkpoint equals the
   uninterrupted run's bit for bit (weights, averaged weights, optimizer state);
 - `--world-size 2` (gloo): both ranks finish, see disjoint cuts, agree on the validation numbers,
@@ -15,8 +16,6 @@ model, one thread. What is checked:
 - clear errors for impossible options, a missing manifest, a checkpoint of another vocabulary,
   token table or model config; `--init-encoder` copies exactly the encoder.
 """
-import ast
-import re
 import signal
 import subprocess
 import sys
@@ -27,10 +26,13 @@ from typing import Any, Dict, List
 import pytest
 import torch
 
-from icefall_cif import trainer
 from icefall_cif.checkpoint import find_checkpoints
-from icefall_cif.tokenizer import Tokenizer
-from icefall_cif.utils import AttributeDict
+from icefall_cif.config import config_from_options, config_to_dict
+from icefall_cif.tokenizer import Tokenizer, check_token_table, token_table, token_table_digest
+from icefall_cif.training import loop as training_loop
+from icefall_cif.training.options import get_parser
+from icefall_cif.training.records import read_records
+from icefall_cif.training.resume import load_init_encoder
 
 # Registered before the import so that pytest also rewrites its asserts when it loads it as a plugin.
 pytest.register_assert_rewrite("recipe_fixtures")
@@ -53,14 +55,18 @@ def load(path: Path) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def model_params(options: List[str], lang_dir: Path) -> AttributeDict:
-    """The params train.py builds its model from, for `options`."""
+def model_config(options: List[str], lang_dir: Path):
+    """The ModelConfig train.py builds its model from, for `options`."""
     from recipe import RECIPE
 
-    params = AttributeDict(vars(trainer.get_parser(RECIPE).parse_args(options)))
+    params = vars(get_parser(RECIPE).parse_args(options))
     tokenizer = Tokenizer.from_lang_dir(lang_dir)
-    params.update(vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id, feature_dim=80)
-    return params
+    params.update(vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id)
+    return config_from_options(RECIPE.model_config, params)
+
+
+def records(exp_dir: Path, event: str, name: str = "records-train.jsonl") -> List[Dict[str, Any]]:
+    return read_records(exp_dir / "log" / name, event)
 
 
 def assert_same_tensors(a: Any, b: Any, where: str = "") -> None:
@@ -89,27 +95,32 @@ def test_single_process_run_writes_icefall_outputs(tiny_model: TrainedModel):
     assert "Done!" in log
 
     # Every --save-every-n batches a checkpoint was written; only the newest --keep-last-k remain.
-    saved = [int(n) for n in re.findall(r"Saving checkpoint to \S*checkpoint-(\d+)\.pt", log)]
+    saved = [r["global"] for r in records(exp, "checkpoint") if "/checkpoint-" in r["path"]]
     last = load(exp / "epoch-2.pt")["batch_idx_train"]
     assert saved == list(range(2, last + 1, 2)) and len(saved) > 2
     assert sorted(int(p.stem.split("-")[1]) for p in exp.glob("checkpoint-*.pt")) == saved[-2:]
 
-    # Progress lines: each loss component, lr, speed, ETA.
-    progress = re.findall(r"Epoch (\d), batch \d+, global (\d+): loss\[(.*?)\], tot_loss\[.*?\], (.*)", log)
-    assert [int(g) for _, g, _, _ in progress] == list(range(1, last + 1))
-    for _, _, losses, rest in progress:
-        for name in ("ctc_loss", "quantity_loss", "ce_loss", "loss"):
-            assert re.search(rf"\b{name}=[0-9.e+-]+", losses), losses
-        assert re.search(r"lr [0-9.]+e-0\d, [0-9.]+ frames/s, [0-9.]+x real time, epoch ETA [0-9.]+ min", rest), rest
+    # Progress records: each loss component, lr, speed, ETA; the text log has the same lines.
+    progress = records(exp, "batch")
+    assert [r["global"] for r in progress] == list(range(1, last + 1))
+    for r in progress:
+        assert {"ctc_loss", "quantity_loss", "ce_loss", "loss"} <= r["loss"].keys()
+        assert all(isinstance(v, float) for v in r["loss"].values())
+        assert r["lr"] > 0 and r["frames_per_s"] > 0 and r["real_time"] > 0 and r["eta_min"] >= 0
+        assert f"Epoch {r['epoch']}, batch {r['batch']}, global {r['global']}: loss[" in log
 
     # Validation loss and greedy WER, once per epoch.
-    valid = re.findall(r"Epoch (\d), validation: .*\bloss=([0-9.]+).*greedy WER ([0-9.]+)%", log)
-    assert [int(e) for e, _, _ in valid] == [1, 2]
+    valid = records(exp, "valid")
+    assert [r["epoch"] for r in valid] == [1, 2]
+    assert all(r["metric"] == "WER" and 0 <= r["error_rate"] and r["loss"]["loss"] > 0 for r in valid)
 
     ckpt = load(exp / "epoch-2.pt")
     assert ckpt["cur_epoch"] == 2 and ckpt["vocab_size"] == 64 and ckpt["batches_in_epoch"] == 0
     assert {"model", "model_avg", "optimizer", "scheduler", "sampler", "rng_state"} <= ckpt.keys()
     assert ckpt["model_avg"]["ctc_output.1.weight"].dtype == torch.float64
+    # The architecture and the token set travel in the checkpoint.
+    assert ckpt["model_config"] == config_to_dict(model_config(tiny_model.train_options, tiny_model.corpus.lang_dir))
+    assert ckpt["token_table"] == token_table(Tokenizer.from_lang_dir(tiny_model.corpus.lang_dir))
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -127,8 +138,8 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(tiny_model: Train
 
     # By epoch 2 some Whiten modules have switched to their low checking probability, state that
     # lives outside state_dict(): resuming there also tests that it is restored.
-    epoch_1_batches = len(re.findall(r"Epoch 1, batch \d+, global", tiny_model.train_log))
-    saved = [int(n) for n in re.findall(r"Saving checkpoint to \S*checkpoint-(\d+)\.pt", tiny_model.train_log)]
+    epoch_1_batches = len([r for r in records(tiny_model.exp_dir, "batch") if r["epoch"] == 1])
+    saved = [r["global"] for r in records(tiny_model.exp_dir, "checkpoint") if "/checkpoint-" in r["path"]]
     target = next(n for n in saved if n > epoch_1_batches + 1)
 
     exp = tmp_path / "exp"
@@ -150,9 +161,9 @@ def test_kill_9_mid_epoch_then_resume_equals_uninterrupted_run(tiny_model: Train
     assert proc.returncode == -signal.SIGKILL
     assert not (exp / "epoch-2.pt").exists(), "the run finished before it was killed; nothing was tested"
     newest = load(Path(find_checkpoints(exp)[0]))
-    epoch_length = len(re.findall(rf"Epoch {newest['cur_epoch']}, batch \d+, global", tiny_model.train_log))
+    epoch_length = len([r for r in records(tiny_model.exp_dir, "batch") if r["epoch"] == newest["cur_epoch"]])
     assert 0 < newest["batches_in_epoch"] < epoch_length  # taken inside an epoch
-    fresh = trainer.adaptive_module_state(RECIPE.get_model(model_params(options, tiny_model.corpus.lang_dir)))
+    fresh = RECIPE.get_model(model_config(options, tiny_model.corpus.lang_dir)).adaptive_state()
     assert newest["adaptive_module_state"] != fresh, "no adaptive module state to restore at this point"
 
     train_in_process(options + ["--start-batch", "-1"], tiny_model.corpus)
@@ -183,24 +194,24 @@ def test_start_epoch_resume_equals_uninterrupted_run(tiny_model: TrainedModel, t
 def test_world_size_2_ranks_see_different_cuts_and_checkpoint_loads(ddp_model: TrainedModel):
     logs = sorted((ddp_model.exp_dir / "log").glob("log-train-*"))
     assert [p.name[-2:] for p in logs] == ["-0", "-1"]
+    assert all("Done!" in path.read_text() for path in logs)
     cuts, validation = [], []
-    for path in logs:
-        text = path.read_text()
-        assert "Done!" in text
-        batches = [ast.literal_eval(m) for m in re.findall(r"Epoch 1, batch \d+: cuts (\[.*\])", text)]
+    for rank in (0, 1):
+        name = f"records-train-rank{rank}.jsonl"
+        batches = [r["cuts"] for r in records(ddp_model.exp_dir, "cuts", name) if r["epoch"] == 1]
         assert batches and all(batches)
         cuts.append([c for batch in batches for c in batch])
-        validation.append(re.search(r"Epoch 1, validation: (.*)", text).group(1))
+        validation.append(records(ddp_model.exp_dir, "valid", name)[0]["totals"])
     assert len(cuts[0]) == len(set(cuts[0])) and not set(cuts[0]) & set(cuts[1])
     # Validation sums are all-reduced: both ranks report the whole dev set.
     assert validation[0] == validation[1]
-    assert int(re.search(r"utterances=(\d+)", validation[0]).group(1)) >= 3
+    assert validation[0]["utterances"] >= 3
 
     from recipe import RECIPE
 
     ckpt = load(ddp_model.exp_dir / "epoch-1.pt")
     assert not any(k.startswith("module.") for k in ckpt["model"])
-    model = RECIPE.get_model(model_params(ddp_model.train_options, ddp_model.corpus.lang_dir))
+    model = RECIPE.get_model(model_config(ddp_model.train_options, ddp_model.corpus.lang_dir))
     model.load_state_dict(ckpt["model"], strict=True)
     model.eval()
     with torch.no_grad():
@@ -214,17 +225,17 @@ def test_world_size_2_ranks_see_different_cuts_and_checkpoint_loads(ddp_model: T
 
 def poison_batches(monkeypatch, which) -> List[List[str]]:
     """Make compute_loss return NaN for training batches `which(params)`; returns their cut ids."""
-    real = trainer.compute_loss
+    real = training_loop.compute_loss
     poisoned = []
 
-    def compute_loss(params, model, tokenizer, batch, device):
-        loss, info = real(params, model, tokenizer, batch, device)
+    def compute_loss(params, model, tokenizer, batch, device, loss_config):
+        loss, info = real(params, model, tokenizer, batch, device, loss_config)
         if model.training and which(params):
-            poisoned.append(trainer.batch_cut_ids(batch))
+            poisoned.append(training_loop.batch_cut_ids(batch))
             loss = loss + float("nan")
         return loss, info
 
-    monkeypatch.setattr(trainer, "compute_loss", compute_loss)
+    monkeypatch.setattr(training_loop, "compute_loss", compute_loss)
     return poisoned
 
 
@@ -238,11 +249,12 @@ def test_nan_loss_batches_are_skipped_counted_and_logged(tiny_model: TrainedMode
 
     log = "".join(p.read_text() for p in (exp / "log").glob("log-train-*"))
     assert "Initialised the encoder from" in log
-    logged = re.findall(r"batch (\d+): loss is nan .*skipping the batch \((\d) skipped.*Cuts: (\[.*\])", log)
-    assert [(int(b), int(n), ast.literal_eval(c)) for b, n, c in logged] == [(2, 1, poisoned[0]), (3, 2, poisoned[1])]
+    logged = [(r["batch"], r["skipped"], r["cuts"]) for r in records(exp, "skipped")]
+    assert logged == [(2, 1, poisoned[0]), (3, 2, poisoned[1])] and all(r["loss"] == "nan" for r in records(exp, "skipped"))
+    assert "batch 2: loss is nan" in log and "batch 3: loss is nan" in log
     assert "Epoch 1: skipped 2 batches with an inf/NaN loss" in log
     ckpt = load(exp / "epoch-1.pt")
-    num_batches = len(re.findall(r"Epoch 1, batch \d+, global", tiny_model.train_log))
+    num_batches = len([r for r in records(tiny_model.exp_dir, "batch") if r["epoch"] == 1])
     assert ckpt["batch_idx_train"] == num_batches - 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
@@ -251,7 +263,7 @@ def test_consecutive_bad_batches_stop_with_a_dumped_batch(tiny_model: TrainedMod
     exp = tmp_path / "exp"
     options = tiny_train_options(tiny_model.corpus, exp) + ["--max-bad-batches", "2"]
     poisoned = poison_batches(monkeypatch, lambda p: True)
-    with pytest.raises(trainer.BadBatchError, match="2 consecutive batches had an inf/NaN loss") as err:
+    with pytest.raises(training_loop.BadBatchError, match="2 consecutive batches had an inf/NaN loss") as err:
         train_in_process(options, tiny_model.corpus)
     assert str(exp / "bad-batch-0.pt") in str(err.value) and str(poisoned[-1]) in str(err.value)
     dumped = load(exp / "bad-batch-0.pt")
@@ -310,20 +322,22 @@ def test_token_table_of_the_same_size_but_other_tokens_is_detected(tmp_path):
         symbols = ["<blk>", "<sos/eos>", "<unk>", *chars]
         (lang / "tokens.txt").write_text("".join(f"{s} {i}\n" for i, s in enumerate(symbols)))
         tokenizers[name] = Tokenizer.from_lang_dir(lang)
-    saved = {"vocab_size": 7, "token_table_digest": trainer.token_table_digest(tokenizers["a"])}
-    trainer.check_token_table(saved, tokenizers["a"], "ckpt", "fix it")
-    with pytest.raises(ValueError, match="ckpt was trained with a different token table .* fix it"):
-        trainer.check_token_table(saved, tokenizers["b"], "ckpt", "fix it")
+    # Old checkpoints carry a digest of the table, new ones the table itself.
+    for saved in ({"vocab_size": 7, "token_table_digest": token_table_digest(tokenizers["a"])},
+                  {"vocab_size": 7, "token_table": token_table(tokenizers["a"])}):
+        check_token_table(saved, tokenizers["a"], "ckpt", "fix it")
+        with pytest.raises(ValueError, match="ckpt was trained with a different token table .* fix it"):
+            check_token_table(saved, tokenizers["b"], "ckpt", "fix it")
 
 
 def test_init_encoder_copies_exactly_the_encoder(tiny_model: TrainedModel):
     from recipe import RECIPE
 
     torch.manual_seed(123)
-    model = RECIPE.get_model(model_params(tiny_model.train_options, tiny_model.corpus.lang_dir))
+    model = RECIPE.get_model(model_config(tiny_model.train_options, tiny_model.corpus.lang_dir))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     source = load(tiny_model.exp_dir / "epoch-1.pt")["model"]
-    copied = trainer.load_init_encoder(model, tiny_model.exp_dir / "epoch-1.pt")
+    copied = load_init_encoder(model, tiny_model.exp_dir / "epoch-1.pt")
     after = model.state_dict()
     encoder_keys = [k for k in after if k.startswith(("encoder_embed.", "encoder."))]
     assert copied == len(encoder_keys) > 0
@@ -333,10 +347,10 @@ def test_init_encoder_copies_exactly_the_encoder(tiny_model: TrainedModel):
     assert any(not torch.equal(before[k], source[k]) for k in encoder_keys)  # something did change
 
     wider = TINY_ENCODER + ["--encoder-dim", "64,64", "--decoder-type", "cif_ce_ar"]
-    other = RECIPE.get_model(model_params(wider + ["--lang-dir", str(tiny_model.corpus.lang_dir)],
+    other = RECIPE.get_model(model_config(wider + ["--lang-dir", str(tiny_model.corpus.lang_dir)],
                                           tiny_model.corpus.lang_dir))
     with pytest.raises(ValueError, match=r"shape mismatches.*Pass the --encoder-config and encoder options"):
-        trainer.load_init_encoder(other, tiny_model.exp_dir / "epoch-1.pt")
+        load_init_encoder(other, tiny_model.exp_dir / "epoch-1.pt")
 
 
 def test_aishell_train_script_uses_the_shared_loop():

@@ -23,7 +23,7 @@ works on the whole batch; empty beam slots hold a score of -inf. The only Python
 steps (CIF vectors). An LM is any object with the state API of `icefall_cif.lm`.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Protocol, Tuple
 
 import torch
 import torch.nn as nn
@@ -261,9 +261,11 @@ def _where(mask: torch.Tensor, a: _Beam, b: _Beam) -> _Beam:
 
 @torch.no_grad()
 def modified_beam_search(
-    model: nn.Module,
-    encoder_out: torch.Tensor,
-    encoder_out_lens: torch.Tensor,
+    decoder: nn.Module,
+    joiner: nn.Module,
+    cif: torch.Tensor,
+    cif_lens: torch.Tensor,
+    vocab_size: int,
     beam_size: int = 4,
     lm=None,
     lm_scale: float = 0.0,
@@ -287,8 +289,11 @@ def modified_beam_search(
     fall (exact without an LM, whose `</s>` term comes at the end).
 
     Args:
-      model: a CifAsrModel with decoder_type "cif_transducer".
-      encoder_out: (N, T', C) from `model.forward_encoder`; encoder_out_lens (N,).
+      decoder: the prediction network (`blank_id`, `context_size`, called on (N, context_size)
+        token ids with need_pad=False as in icefall's stateless decoder).
+      joiner: `encoder_proj`, `decoder_proj` and a call with project_input=False giving logits.
+      cif: (N, U, C) CIF vectors (the transducer's frames); cif_lens (N,).
+      vocab_size: number of tokens, blank included.
       beam_size: K.
       lm: optional LM (`icefall_cif.lm` state API) for shallow fusion.
       lm_scale: its weight.
@@ -299,9 +304,6 @@ def modified_beam_search(
     _check_beam_size(beam_size)
     if max_sym_per_frame < 1:
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
-    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
-    cif, cif_lens = cif_out.cif, cif_out.cif_lens
-    decoder, joiner = model.decoder, model.joiner
     blank, context_size = decoder.blank_id, decoder.context_size
     N, U, _ = cif.shape
     K = beam_size
@@ -315,7 +317,7 @@ def modified_beam_search(
     enc = joiner.encoder_proj(cif)  # (N, U, J)
     if lm is not None:
         beam.lm_state = lm.init_state(N * K, device)
-        is_text = _text_tokens(model.vocab_size, blank, lm, device)
+        is_text = _text_tokens(vocab_size, blank, lm, device)
 
     def extension_scores(hyps: _Beam, t: int) -> torch.Tensor:
         """(N, K, V) score of each hypothesis followed by each symbol at CIF vector t."""
@@ -378,24 +380,43 @@ def modified_beam_search(
 
 
 # ---------------------------------------------------------------------- CE decoders
+class LabelSyncScorer(Protocol):
+    """The per-step scores of a CE decoder for :func:`ce_beam_search` (one per CE head).
+
+    The beam has N utterances of K slots; the scorer keeps whatever decoder state the slots
+    need (the AR decoder's cache and previous tokens) and follows the beam's choices.
+    """
+
+    def log_probs(self, u: int) -> torch.Tensor:
+        """(N, K, V) log-probs of token u for each beam slot."""
+
+    def select(self, parent: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Slot k now continues slot `parent` (flat index n * K + p, shape (N * K,)) with
+        `tokens` (N, K) as token u."""
+
+
 @torch.no_grad()
 def ce_beam_search(
-    model: nn.Module,
-    encoder_out: torch.Tensor,
-    encoder_out_lens: torch.Tensor,
+    scorer: LabelSyncScorer,
+    cif: torch.Tensor,
+    cif_lens: torch.Tensor,
+    blank_id: int,
+    vocab_size: int,
     beam_size: int = 4,
     lm=None,
     lm_scale: float = 0.0,
 ) -> List[NBest]:
-    """Label-synchronous beam search of the AR or NAR CE decoder, optionally with LM fusion.
+    """Label-synchronous beam search of a CE decoder, optionally with LM fusion.
 
     One token per CIF vector, so every hypothesis of an utterance has exactly its CIF length:
     there is no end-of-sentence decision for length normalisation to correct, and the search
     ranks by the summed log-probs.
 
     Args:
-      model: a CifAsrModel with decoder_type "cif_ce_ar" or "cif_ce_nar".
-      encoder_out: (N, T', C) from `model.forward_encoder`; encoder_out_lens (N,).
+      scorer: the head's per-step scores for a beam of `beam_size` slots.
+      cif: (N, U, C) CIF vectors (their shape, device and dtype size the beam); cif_lens (N,).
+      blank_id: the id an utterance past its last vector keeps its beam with.
+      vocab_size: number of tokens, blank included.
       beam_size: K.
       lm: optional LM (`icefall_cif.lm` state API) for shallow fusion.
       lm_scale: its weight.
@@ -403,38 +424,22 @@ def ce_beam_search(
       per utterance, its final hypotheses best first.
     """
     _check_beam_size(beam_size)
-    if model.decoder_type not in ("cif_ce_ar", "cif_ce_nar"):
-        raise ValueError(f"ce_beam_search needs a CE decoder (cif_ce_ar or cif_ce_nar), got '{model.decoder_type}'")
-    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
-    cif, cif_lens = cif_out.cif, cif_out.cif_lens
     N, U, _ = cif.shape
     K = beam_size
     device = cif.device
-    is_ar = model.decoder_type == "cif_ce_ar"
-
-    nar_log_probs = None
-    if not is_ar and U > 0:
-        nar_log_probs = model.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).log_softmax(dim=-1)
     scores, tokens, lens = init_beam(N, K, U, device, _score_dtype(cif))
-    prev = torch.full((N * K,), model.blank_id, dtype=torch.int64, device=device)
-    cache: Optional[List[torch.Tensor]] = None
     if lm is not None:
         lm_state = lm.init_state(N * K, device)
-        is_text = _text_tokens(model.vocab_size, model.blank_id, lm, device)
+        is_text = _text_tokens(vocab_size, blank_id, lm, device)
 
     for u in range(U):
         active = (u < cif_lens).view(N, 1)
-        if is_ar:
-            logits, cache = model.ce_decoder.forward_step(cif[:, u].repeat_interleave(K, dim=0), prev, cache)
-            log_probs = logits.log_softmax(dim=-1).view(N, K, -1)
-        else:
-            log_probs = nar_log_probs[:, u].unsqueeze(1).expand(N, K, -1)
-        cand = scores.unsqueeze(2) + log_probs
+        cand = scores.unsqueeze(2) + scorer.log_probs(u)
         if lm is not None:
             cand = cand + lm_scale * _lm_term(lm_state[0].view(N, K, -1).to(cand.dtype), is_text)
         # Utterances with fewer CIF vectors are complete: keep their beam unchanged.
         frozen = torch.full_like(cand, NEG_INF)
-        frozen[:, :, model.blank_id] = scores
+        frozen[:, :, blank_id] = scores
         cand = torch.where(active.unsqueeze(2), cand, frozen)
 
         V = cand.size(2)
@@ -445,9 +450,7 @@ def ce_beam_search(
         scores = top_scores
         tokens, lens = append_tokens(reorder(tokens, parent), reorder(lens, parent), new_token, emit)
         flat = _flat_parent_index(parent)
-        if is_ar:
-            cache = [c.index_select(0, flat) for c in cache]
-            prev = new_token.view(-1)
+        scorer.select(flat, new_token)
         if lm is not None:
             lm_state = _advance_lm(lm, lm_state, flat, new_token, emit & is_text[new_token])
 

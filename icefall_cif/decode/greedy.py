@@ -3,10 +3,9 @@
 Every search runs on the whole batch at once; the only Python loops are over CIF steps (and
 symbols per step for the transducer). Token timestamps come from the CIF fire frames.
 
-The model object is duck-typed; it must provide (see `zipformer_cif/model.py`):
-  `decoder_type`, `blank_id`, `cif_downsample_factor`, `forward_cif(encoder_out, lens)`, and
-  `decoder` + `joiner` (cif_transducer) or `ce_decoder` (cif_ce_ar: `forward_step`;
-  cif_ce_nar: called on (cif, cif_lens, encoder_out, encoder_out_lens)).
+`greedy_search` needs only the model contract (`icefall_cif.model_contract.CifModel`): it runs
+the CIF layer and hands the vectors to the model's decoder head. `transducer_greedy_search` is
+the transducer head's search, given its prediction network and joiner.
 """
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -66,14 +65,17 @@ def ctc_greedy_search(
     return _ragged(best, keep)
 
 
-def _transducer_greedy(
-    model: nn.Module, cif: torch.Tensor, cif_lens: torch.Tensor, max_sym_per_frame: int
+def transducer_greedy_search(
+    decoder: nn.Module, joiner: nn.Module, cif: torch.Tensor, cif_lens: torch.Tensor, max_sym_per_frame: int
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """icefall's frame-wise greedy search with the CIF vectors as frames.
 
     Each frame emits up to `max_sym_per_frame` symbols; a frame ends at the first blank.
 
     Args:
+      decoder: the stateless prediction network (`blank_id`, `context_size`; called on
+        (N, context_size) ids with need_pad=False).
+      joiner: `encoder_proj`, `decoder_proj`, and a call with project_input=False.
       cif: (N, U', C) CIF vectors; cif_lens (N,).
     Returns:
       tokens (N, U' * max_sym_per_frame) and their CIF frame index (same shape), with
@@ -81,7 +83,6 @@ def _transducer_greedy(
     """
     if max_sym_per_frame < 1:
         raise ValueError(f"max_sym_per_frame must be >= 1, got {max_sym_per_frame}")
-    decoder, joiner = model.decoder, model.joiner
     blank, context_size = decoder.blank_id, decoder.context_size
     N, U, _ = cif.shape
     device = cif.device
@@ -116,17 +117,11 @@ def _transducer_greedy(
     return tokens, frames
 
 
-def _ar_greedy(model: nn.Module, cif: torch.Tensor) -> torch.Tensor:
-    """One token per CIF vector, feeding back the argmax. cif (N, U, C) -> (N, U) tokens."""
-    N, U, _ = cif.shape
-    prev = torch.full((N,), model.blank_id, dtype=torch.int64, device=cif.device)
-    cache = None
-    out = []
-    for u in range(U):
-        logits, cache = model.ce_decoder.forward_step(cif[:, u], prev, cache)
-        prev = logits.argmax(dim=-1)
-        out.append(prev)
-    return torch.stack(out, dim=1) if out else prev.new_zeros(N, 0)
+def vector_index(cif_lens: torch.Tensor, num_vectors: int) -> torch.Tensor:
+    """(N, num_vectors): u at the valid CIF vectors, -1 past cif_lens (heads that emit one token
+    per vector return this as the vector each token came from)."""
+    slots = torch.arange(num_vectors, device=cif_lens.device).unsqueeze(0)
+    return torch.where(slots < cif_lens.unsqueeze(1), slots, torch.full_like(slots, -1))
 
 
 @torch.no_grad()
@@ -137,15 +132,14 @@ def greedy_search(
     max_sym_per_frame: int = 3,
     return_timestamps: bool = False,
 ):
-    """Batched greedy search for the model's decoder type.
+    """Batched greedy search with the model's decoder head.
 
-    - cif_transducer: frame-wise greedy over the CIF vectors, up to `max_sym_per_frame`
-      symbols per vector (blank ends a vector);
-    - cif_ce_ar: one token per CIF vector, the argmax fed back as the next input;
-    - cif_ce_nar: the argmax of one parallel pass, one token per CIF vector.
+    The transducer head emits up to `max_sym_per_frame` symbols per CIF vector (blank ends a
+    vector); the CE heads one token per vector (AR: the argmax fed back as the next input;
+    NAR: the argmax of one parallel pass).
 
     Args:
-      model: a CifAsrModel (in eval mode for deterministic results).
+      model: a `CifModel` (in eval mode for deterministic results).
       encoder_out: (N, T', C) from `model.forward_encoder`.
       encoder_out_lens: (N,) valid frames.
       max_sym_per_frame: transducer only. icefall uses 1 over 25 Hz frames, but a CIF
@@ -164,30 +158,10 @@ def greedy_search(
         )
     cif_out = model.forward_cif(encoder_out, encoder_out_lens)
     cif, cif_lens, fire_frames = cif_out.cif, cif_out.cif_lens, cif_out.fire_frames
-    N, U, _ = cif.shape
-    slots = torch.arange(U, device=cif.device).unsqueeze(0)
-    valid = slots < cif_lens.unsqueeze(1)  # (N, U)
-
-    decoder_type = model.decoder_type
-    if decoder_type == "cif_transducer":
-        tokens, cif_index = _transducer_greedy(model, cif, cif_lens, max_sym_per_frame)
-        keep = cif_index >= 0
-        token_frames = fire_frames.gather(1, cif_index.clamp(min=0)) if U > 0 else cif_index
-    elif decoder_type in ("cif_ce_ar", "cif_ce_nar"):
-        if U == 0:
-            tokens = torch.zeros(N, 0, dtype=torch.int64, device=cif.device)
-        elif decoder_type == "cif_ce_ar":
-            tokens = _ar_greedy(model, cif)
-        else:
-            logits = model.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens)
-            tokens = logits.argmax(dim=-1)
-        keep = valid
-        token_frames = fire_frames
-    else:
-        raise ValueError(
-            f"greedy_search does not know decoder_type '{decoder_type}'; expected "
-            "cif_transducer, cif_ce_ar or cif_ce_nar"
-        )
+    U = cif.size(1)
+    tokens, cif_index = model.head.greedy_search(cif, cif_lens, encoder_out, encoder_out_lens, max_sym_per_frame)
+    keep = cif_index >= 0
+    token_frames = fire_frames.gather(1, cif_index.clamp(min=0)) if U > 0 else cif_index
 
     hyps = _ragged(tokens, keep)
     if not return_timestamps:

@@ -5,12 +5,15 @@ Model selection follows icefall (`--epoch/--avg/--iter/--use-averaged-model`); r
 each test set (decoding wall time / audio duration, data loading excluded) is logged and written
 to `rtf-<test-set>-...txt` next to them.
 
-`--lm-scale` is the LM weight of shallow fusion / n-best rescoring, as in icefall's decode.py.
-The model has an option of the same name (the RNN-T loss smoothing, a training-only option); the
-decoding parser lets the decoding meaning win, and the model is built with its own default.
+The model is rebuilt from the architecture saved in the checkpoint (`model_config`), so decoding
+needs no model options. A model option given anyway must agree with the checkpoint (options
+marked as inference-only, such as `--tail-threshold`, may change it). Checkpoints from before the
+config was saved are decoded with the model options given here (defaults otherwise).
 """
 import argparse
+import dataclasses
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -25,28 +28,25 @@ from icefall_cif.checkpoint import (
     find_checkpoints,
     strip_ddp_prefix,
 )
+from icefall_cif.config import add_config_arguments, config_fields, config_from_dict, config_from_options, option_name
 from icefall_cif.datamodule import AsrDataModule
-from icefall_cif.decode.search import METHODS, decode_batch, methods_for
+from icefall_cif.decode.search import decode_batch
+from icefall_cif.model_contract import check_model, decoding_methods
 from icefall_cif.recipe import Recipe
 from icefall_cif.scoring import save_results
-from icefall_cif.tokenizer import Tokenizer
-from icefall_cif.trainer import check_token_table, set_num_threads
-from icefall_cif.utils import AttributeDict, setup_logger, str2bool
-
-# Decoding options whose names the model's options also use, with another meaning.
-SHADOWED_MODEL_OPTIONS = ("lm_scale",)
+from icefall_cif.tokenizer import Tokenizer, check_token_table
+from icefall_cif.utils import AttributeDict, set_num_threads, setup_logger, str2bool
 
 
 def get_parser(recipe: Recipe, description: str = "") -> argparse.ArgumentParser:
-    """All options of a recipe's decode.py: model, decoding, data."""
-    # "resolve": the decoding options are added after the model's, so decoding's --lm-scale
-    # (LM fusion weight, icefall's name) replaces the model's training-only --lm-scale.
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve"
-    )
-    recipe.add_model_arguments(parser)
+    """All options of a recipe's decode.py: decoding, data, and the (optional) model options."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_decoding_arguments(parser, recipe.default_lang_dir)
     AsrDataModule.add_arguments(parser)
+    add_config_arguments(
+        parser, recipe.model_config, "Model (optional: read from the checkpoint; if given, must agree with it)",
+        defaults_unset=True,
+    )
     parser.set_defaults(corpus=recipe.name)
     return parser
 
@@ -60,8 +60,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
                    help="Average with the running averaged models stored in the checkpoints (icefall's scheme).")
     g.add_argument("--exp-dir", type=Path, default=Path("zipformer_cif/exp"))
     g.add_argument("--lang-dir", type=Path, default=Path(default_lang_dir))
-    g.add_argument("--decoding-method", type=str, default="greedy_search", choices=sorted(METHODS),
-                   help="Which search; the beam methods apply to one decoder type each (see search.py).")
+    g.add_argument("--decoding-method", type=str, default="greedy_search",
+                   help="Which search: greedy_search, the CTC head's ctc_greedy_search and ctc_prefix_beam_search, "
+                        "and the decoder head's beam searches (modified_beam_search[_lm_shallow_fusion] for "
+                        "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads).")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--max-sym-per-frame", type=int, default=3,
                    help="cif_transducer greedy and beam searches: most symbols per CIF vector. icefall's 1 suits "
@@ -189,54 +191,58 @@ def read_training_options(filename: Path) -> Dict[str, Any]:
     return {k: v for k, v in saved.items() if k not in skip}
 
 
-def model_option_names(recipe: Recipe) -> List[str]:
-    """The `dest` names of the recipe's model options."""
-    parser = argparse.ArgumentParser()
-    recipe.add_model_arguments(parser)
-    return sorted(vars(parser.parse_args([])))
+def model_config_for_decoding(recipe: Recipe, params: AttributeDict, trained: Dict[str, Any], tokenizer: Tokenizer):
+    """The architecture to rebuild: the checkpoint's, with the model options given here checked.
 
-
-def differing_model_options(
-    recipe: Recipe, params: AttributeDict, trained: Dict[str, Any]
-) -> Dict[str, Tuple[Any, Any]]:
-    """{option: (value given here, value at training)} for the model options that differ."""
-    out = {}
-    for name in model_option_names(recipe):
-        if name in SHADOWED_MODEL_OPTIONS or name not in trained:
+    Args:
+      params: the decoding options; model options not given are None.
+      trained: the top-level entries of the newest selected checkpoint.
+    Returns:
+      An instance of `recipe.model_config`.
+    Raises:
+      ValueError naming each given option that contradicts the checkpoint, with both values.
+    """
+    cls = recipe.model_config
+    fields = config_fields(cls)
+    given = {name: params[name] for name in fields if params.get(name) is not None}
+    if "model_config" not in trained:
+        logging.info(f"{params.exp_dir}: checkpoint without a saved model config; building the model from the "
+                     f"options given here: {given}")
+        return dataclasses.replace(
+            config_from_options(cls, given), vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id
+        )
+    config = config_from_dict(cls, trained["model_config"], f"The checkpoint in {params.exp_dir}")
+    conflicts, overrides = [], {}
+    for name, value in given.items():
+        saved = getattr(config, name)
+        if value == saved:
             continue
-        if params.get(name) != trained[name]:
-            out[name] = (params.get(name), trained[name])
-    return out
+        if fields[name].metadata.get("inference"):
+            overrides[name] = value
+        else:
+            conflicts.append(f"{option_name(name)} is {value} here but the model in {params.exp_dir} was trained "
+                             f"with {saved}")
+    if conflicts:
+        raise ValueError(
+            "Model options that contradict the checkpoint: " + "; ".join(conflicts)
+            + ". decode.py reads the architecture from the checkpoint: drop these options."
+        )
+    if overrides:
+        logging.info(f"Inference options that differ from training: {overrides}")
+    return dataclasses.replace(config, **overrides)
 
 
-def _format_options(diff: Dict[str, Tuple[Any, Any]]) -> str:
-    return "; ".join(f"--{k.replace('_', '-')} is {given} here but was {trained} in training"
-                     for k, (given, trained) in diff.items())
-
-
-def load_weights(
-    model: nn.Module,
-    state: Dict[str, torch.Tensor],
-    params: AttributeDict,
-    differing: Dict[str, Tuple[Any, Any]],
-) -> None:
+def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], params: AttributeDict) -> None:
     """Load weights, turning a key/shape mismatch into advice about the options to change."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        advice = (
-            f"Pass the model options train.py used: {_format_options(differing)}."
-            if differing
-            else "Pass the same model options (--encoder-config, --decoder-type, ...) as train.py used; see the "
-            f"'Options' line of {params.exp_dir}/log/log-train-*."
-        )
         raise ValueError(
-            f"The checkpoints in {params.exp_dir} do not fit the model built from the options given here. {advice} "
+            f"The checkpoints in {params.exp_dir} do not fit the model built from the options given here. "
+            f"They were saved without their model config: pass the model options (--encoder-config, "
+            f"--decoder-type, ...) train.py used; see the 'Options' line of {params.exp_dir}/log/log-train-*. "
             f"Details: {str(e)[:300]}"
         ) from None
-    if differing:
-        logging.warning(f"Model options that differ from training (they only change inference): "
-                        f"{_format_options(differing)}")
 
 
 def results_key(params: AttributeDict) -> str:
@@ -313,18 +319,15 @@ def load_lm(params: AttributeDict, device: torch.device):
 
 
 def main(recipe: Recipe, description: str = "") -> None:
-    """Entry point of a recipe's decode.py: parse the options and decode every test set."""
-    run_decoding(get_parser(recipe, description).parse_args(), recipe)
+    """Entry point of a recipe's decode.py: parse the options and decode every test set.
 
-
-def check_method(params: AttributeDict) -> None:
-    """Reject a decoding method that does not apply to the model's decoder type."""
-    decoder_type = params.decoder_type
-    if decoder_type not in METHODS[params.decoding_method]:
-        raise ValueError(
-            f"--decoding-method {params.decoding_method} does not apply to --decoder-type {decoder_type}; "
-            f"use one of {methods_for(decoder_type)}"
-        )
+    A problem with the options or the files ends the script with its message and exit status 1.
+    """
+    try:
+        run_decoding(get_parser(recipe, description).parse_args(), recipe)
+    except (ValueError, FileNotFoundError) as e:
+        logging.error(str(e))
+        sys.exit(f"decode.py: error: {e}")
 
 
 def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
@@ -332,16 +335,12 @@ def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
     # Decoding reads the cut ids of each batch.
     args.return_cuts = True
     params = AttributeDict(vars(args))
-    params.feature_dim = 80
     params.res_dir = params.exp_dir / params.decoding_method
     setup_logger(params.res_dir / f"log-decode-{params.decoding_method}")
     num_threads = set_num_threads(params.num_threads, processes_on_node=1)
     logging.info(f"Decoding {recipe.name} with {num_threads} thread(s): {dict(params)}")
-    check_method(params)
 
     tokenizer = Tokenizer.from_lang_dir(params.lang_dir)
-    params.vocab_size = tokenizer.vocab_size
-    params.blank_id = tokenizer.blank_id
 
     # Fail on a missing test manifest before the slow work.
     datamodule = AsrDataModule(args)
@@ -357,9 +356,14 @@ def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
     state, suffix, trained = select_model_weights(params)
     check_token_table(trained, tokenizer, f"The model in {params.exp_dir}",
                       "pass the --lang-dir it was trained with (see the 'Options' line of its log-train-*)")
-    model_params = AttributeDict({k: v for k, v in params.items() if k not in SHADOWED_MODEL_OPTIONS})
-    model = recipe.get_model(model_params)
-    load_weights(model, state, params, differing_model_options(recipe, params, trained))
+    model = recipe.get_model(model_config_for_decoding(recipe, params, trained, tokenizer))
+    check_model(model)
+    if params.decoding_method not in decoding_methods(model):
+        raise ValueError(
+            f"--decoding-method {params.decoding_method} does not apply to the decoder type "
+            f"'{model.head.name}' of the model in {params.exp_dir}; use one of {decoding_methods(model)}"
+        )
+    load_weights(model, state, params)
     model.to(device).eval()
     lm = load_lm(params, device)
 

@@ -1,59 +1,65 @@
 """`decode_batch`: one entry point from `--decoding-method` to token ids, for the decode loop.
 
-Methods and the decoder types they apply to:
+The methods a model offers come from its decoder head (`icefall_cif.model_contract.decoding_methods`):
 
-| method | decoder types |
+| method | offered by |
 | --- | --- |
-| greedy_search | all |
-| beam_search, beam_search_lm_shallow_fusion | cif_ce_ar, cif_ce_nar |
-| modified_beam_search, modified_beam_search_lm_shallow_fusion | cif_transducer |
-| ctc_greedy_search, ctc_prefix_beam_search | all (the CTC head) |
+| greedy_search | every head |
+| the head's `beam_methods` (e.g. modified_beam_search, beam_search) and their `_lm_shallow_fusion` forms | the head |
+| ctc_greedy_search, ctc_prefix_beam_search | every model (the CTC head) |
 
 With `params.nbest_scale > 0` the n-best of a beam method (`params.num_paths` of them) is
 rescored with the LM: score + nbest_scale * log p_LM(sentence).
 """
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
 import torch
-import torch.nn as nn
 
-from icefall_cif.decode.beam_search import best_hyps, ce_beam_search, modified_beam_search, rescore_nbest
+from icefall_cif.decode.beam_search import NBest, best_hyps, rescore_nbest
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import ctc_greedy_search, greedy_search
+from icefall_cif.model_contract import CifModel, decoding_methods
 from icefall_cif.utils import AttributeDict
-
-ALL_TYPES = ("cif_transducer", "cif_ce_ar", "cif_ce_nar")
-CE_TYPES = ("cif_ce_ar", "cif_ce_nar")
-
-METHODS: Dict[str, Tuple[str, ...]] = {
-    "greedy_search": ALL_TYPES,
-    "beam_search": CE_TYPES,
-    "beam_search_lm_shallow_fusion": CE_TYPES,
-    "modified_beam_search": ("cif_transducer",),
-    "modified_beam_search_lm_shallow_fusion": ("cif_transducer",),
-    "ctc_greedy_search": ALL_TYPES,
-    "ctc_prefix_beam_search": ALL_TYPES,
-}
-BEAM_METHODS = (
-    "beam_search",
-    "beam_search_lm_shallow_fusion",
-    "modified_beam_search",
-    "modified_beam_search_lm_shallow_fusion",
-    "ctc_prefix_beam_search",
-)
 
 DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3)
 
 
-def methods_for(decoder_type: str) -> List[str]:
-    """The decoding methods that apply to a decoder type."""
-    return [m for m, types in METHODS.items() if decoder_type in types]
+def is_beam_method(method: str) -> bool:
+    """Whether a method keeps an n-best (so that n-best rescoring applies)."""
+    return "beam_search" in method
+
+
+@torch.no_grad()
+def beam_search(
+    model: CifModel,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    beam_size: int = 4,
+    lm=None,
+    lm_scale: float = 0.0,
+    max_sym_per_frame: int = 1,
+) -> List[NBest]:
+    """The model's head's beam search over its CIF vectors (with LM fusion when `lm` is given).
+
+    Args:
+      model: a `CifModel` in eval mode.
+      encoder_out: (N, T', C) from `model.forward_encoder`; encoder_out_lens (N,).
+      beam_size, lm, lm_scale: the beam width K and the fused LM with its weight.
+      max_sym_per_frame: most tokens per CIF vector (heads with one token per vector ignore
+        it); 1 is icefall's modified beam search, decode.py passes its --max-sym-per-frame.
+    Returns:
+      per utterance, its hypotheses best first.
+    """
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
+    return model.head.beam_search(
+        cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, beam_size, lm, lm_scale, max_sym_per_frame
+    )
 
 
 @torch.no_grad()
 def decode_batch(
     method: str,
-    model: nn.Module,
+    model: CifModel,
     encoder_out: torch.Tensor,
     encoder_out_lens: torch.Tensor,
     params: AttributeDict,
@@ -62,8 +68,8 @@ def decode_batch(
     """Decode one batch with a named method.
 
     Args:
-      method: `--decoding-method` (see the module table).
-      model: a CifAsrModel in eval mode.
+      method: `--decoding-method`, one of `decoding_methods(model)` (see the module table).
+      model: a `CifModel` in eval mode.
       encoder_out: (N, T', C) from `model.forward_encoder`.
       encoder_out_lens: (N,) valid frames.
       params: options; reads beam_size, lm_scale, nbest_scale, num_paths, max_sym_per_frame
@@ -72,24 +78,17 @@ def decode_batch(
     Returns:
       N token-id lists.
     """
-    decoder_type = model.decoder_type
-    if method not in METHODS:
+    offered = decoding_methods(model)
+    if method not in offered:
         raise ValueError(
-            f"unknown --decoding-method '{method}'; for decoder type '{decoder_type}' use one of "
-            f"{methods_for(decoder_type)}"
-        )
-    if decoder_type not in METHODS[method]:
-        raise ValueError(
-            f"--decoding-method {method} does not apply to decoder type '{decoder_type}' "
-            f"(it needs {' or '.join(METHODS[method])}); use one of {methods_for(decoder_type)}"
+            f"--decoding-method {method} is not offered by decoder type '{model.head.name}'; use one of {offered}"
         )
     opts = AttributeDict({k: params.get(k, v) for k, v in DEFAULTS.items()})
     rescore = opts.nbest_scale > 0
-    if rescore and method not in BEAM_METHODS:
+    if rescore and not is_beam_method(method):
         raise ValueError(
             f"--nbest-scale {opts.nbest_scale} rescores a beam's n-best, but {method} keeps one "
-            f"hypothesis; use one of {[m for m in BEAM_METHODS if m in methods_for(decoder_type)]} "
-            "or --nbest-scale 0"
+            f"hypothesis; use one of {[m for m in offered if is_beam_method(m)]} or --nbest-scale 0"
         )
     fusion = method.endswith("_lm_shallow_fusion")
     if (fusion or rescore) and lm is None:
@@ -108,13 +107,10 @@ def decode_batch(
             model.ctc_log_probs(encoder_out), encoder_out_lens, opts.beam_size, model.blank_id
         )
     else:
-        search_opts = dict(beam_size=opts.beam_size, lm=lm if fusion else None, lm_scale=opts.lm_scale)
-        if decoder_type == "cif_transducer":
-            nbest = modified_beam_search(
-                model, encoder_out, encoder_out_lens, max_sym_per_frame=opts.max_sym_per_frame, **search_opts
-            )
-        else:
-            nbest = ce_beam_search(model, encoder_out, encoder_out_lens, **search_opts)
+        nbest = beam_search(
+            model, encoder_out, encoder_out_lens, beam_size=opts.beam_size, lm=lm if fusion else None,
+            lm_scale=opts.lm_scale, max_sym_per_frame=opts.max_sym_per_frame,
+        )
     if rescore:
         return rescore_nbest(nbest, lm, opts.nbest_scale, opts.num_paths, model.blank_id)
     return best_hyps(nbest)

@@ -5,11 +5,11 @@
     --exp-dir zipformer_cif/exp --max-duration 1000 --decoder-type cif_ce_ar
 
 The model files here are symlinks into egs/librispeech/ASR/zipformer_cif, the loop is
-icefall_cif/trainer.py, and recipe.py holds what is specific to AISHELL (cuts, data/lang_char).
+icefall_cif/training/, and recipe.py holds what is specific to AISHELL (cuts, data/lang_char).
 """
 from recipe import RECIPE
 
-from icefall_cif.trainer import main
+from icefall_cif.training import main
 
 if __name__ == "__main__":
     main(RECIPE, __doc__)

@@ -14,6 +14,7 @@ from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from icefall_cif.utils import make_pad_mask
 
 
@@ -264,3 +265,21 @@ class NarCeDecoder(nn.Module):
                 x, x, key_padding_mask=self_kpm, memory=mem, memory_key_padding_mask=mem_kpm
             )
         return self.output_linear(self.final_norm(x))
+
+
+def token_cross_entropy(
+    logits: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Label-smoothed CE of one prediction per token, summed over the valid tokens.
+
+    Args:
+      logits: (N, U, V); y_padded: (N, U) targets (any value at padding); y_lens: (N,).
+    """
+    targets = y_padded.masked_fill(make_pad_mask(y_lens, y_padded.size(1)), -100)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(),
+        targets.reshape(-1),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )

@@ -1,15 +1,7 @@
-"""The LibriSpeech (BPE tokens, WER) recipe as the shared training and decoding loops see it.
-
-This is the only recipe-specific file of zipformer_cif/; the model files are shared.
-"""
-from model import add_model_arguments, get_model
+"""The LibriSpeech recipe as the shared training and decoding loops see it: the corpus and the
+model. This is the only recipe-specific file of zipformer_cif/; the model files are shared."""
+from model import ModelConfig, get_model
 
 from icefall_cif.recipe import Recipe
 
-RECIPE = Recipe(
-    name="librispeech",
-    default_lang_dir="data/lang_bpe_500",
-    test_sets=("test-clean", "dev-clean"),
-    add_model_arguments=add_model_arguments,
-    get_model=get_model,
-)
+RECIPE = Recipe(corpus_name="librispeech", model_config=ModelConfig, get_model=get_model)

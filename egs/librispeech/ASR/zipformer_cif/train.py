@@ -15,11 +15,11 @@
   # CPU only: gloo instead of NCCL; each process uses --num-threads threads (default 1, as icefall)
   ./zipformer_cif/train.py --world-size 2 --num-threads 1 <options>
 
-The loop lives in icefall_cif/trainer.py; recipe.py says what is specific to this corpus.
+The loop lives in icefall_cif/training/; recipe.py says what is specific to this corpus.
 """
 from recipe import RECIPE
 
-from icefall_cif.trainer import main
+from icefall_cif.training import main
 
 if __name__ == "__main__":
     main(RECIPE, __doc__)

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer_cif/ce_ar_head.py

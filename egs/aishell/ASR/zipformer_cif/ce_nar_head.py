@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer_cif/ce_nar_head.py

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer_cif/transducer_head.py

@@ -1,0 +1,122 @@
+"""`cif_ce_nar`: a non-autoregressive CE decoder over the CIF vectors (Paraformer style).
+
+A bidirectional Transformer over all vectors with cross-attention to the encoder frames
+(ce_decoder.NarCeDecoder) predicts every token in one pass; its positions are independent, so
+only an LM makes its beam search differ from greedy search.
+"""
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from ce_decoder import NarCeDecoder, token_cross_entropy
+
+from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.config import LossConfig
+from icefall_cif.decode.beam_search import ce_beam_search
+from icefall_cif.decode.greedy import vector_index
+from icefall_cif.model_contract import DecoderHead
+
+
+class NarBeamScorer:
+    """`LabelSyncScorer` of the NAR decoder: the same per-position log-probs for every slot."""
+
+    def __init__(self, log_probs: torch.Tensor, beam_size: int):
+        """log_probs: (N, U, V) of one parallel pass."""
+        self.all_log_probs = log_probs
+        self.beam_size = beam_size
+
+    def log_probs(self, u: int) -> torch.Tensor:
+        lp = self.all_log_probs[:, u]
+        return lp.unsqueeze(1).expand(lp.size(0), self.beam_size, -1)
+
+    def select(self, parent: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Nothing to follow: the positions do not depend on earlier tokens."""
+
+
+class NarCeHead(DecoderHead):
+    """Bidirectional Transformer over CIF vectors, cross-attending to frames; label-smoothed CE.
+
+    Submodule (checkpoint keys under `head.`): `ce_decoder`.
+    """
+
+    name = "cif_ce_nar"
+    beam_methods = ("beam_search", "beam_search_lm_shallow_fusion")
+    loss_names = ("ce_loss",)
+
+    def __init__(self, ce_decoder: NarCeDecoder, blank_id: int):
+        super().__init__()
+        self.ce_decoder = ce_decoder
+        self.blank_id = blank_id
+        self.vocab_size = ce_decoder.vocab_size
+
+    @staticmethod
+    def build_networks(config, cif_dim: int) -> Dict[str, nn.Module]:
+        """The decoder of the recipe's ModelConfig; it cross-attends to frames of width cif_dim."""
+        decoder = NarCeDecoder(
+            cif_dim=cif_dim,
+            memory_dim=cif_dim,
+            vocab_size=config.vocab_size,
+            d_model=config.ce_decoder_dim,
+            num_layers=config.ce_decoder_layers,
+            num_heads=config.ce_decoder_heads,
+            dropout=config.ce_decoder_dropout,
+        )
+        return {"ce_decoder": decoder}
+
+    @classmethod
+    def from_networks(cls, config, cif_dim: int, networks: Dict[str, nn.Module]) -> "NarCeHead":
+        return cls(networks["ce_decoder"], config.blank_id)
+
+    def loss(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Dict[str, torch.Tensor]:
+        logits = self.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
+        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
+
+    @staticmethod
+    def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
+        return {"ce_loss": 1.0}
+
+    def greedy_search(
+        self,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        max_sym_per_frame: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The argmax of one parallel pass, one token per CIF vector."""
+        N, U, _ = cif.shape
+        if U == 0:
+            tokens = torch.zeros(N, 0, dtype=torch.int64, device=cif.device)
+        else:
+            tokens = self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).argmax(dim=-1)
+        return tokens, vector_index(cif_lens, U)
+
+    def beam_search(
+        self,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        beam_size: int,
+        lm: Optional[Any],
+        lm_scale: float,
+        max_sym_per_frame: int,
+    ) -> List[List[Any]]:
+        N, U, _ = cif.shape
+        log_probs = (
+            self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).log_softmax(dim=-1)
+            if U > 0
+            else cif.new_zeros(N, 0, self.vocab_size)
+        )
+        return ce_beam_search(
+            NarBeamScorer(log_probs, beam_size), cif, cif_lens, self.blank_id, self.vocab_size,
+            beam_size=beam_size, lm=lm, lm_scale=lm_scale,
+        )

@@ -1,0 +1,140 @@
+"""Configuration as dataclasses: one source for the command-line options, the checkpoints and
+the model that is built from them.
+
+A config class is a plain `@dataclass` whose fields carry their help text (and, where needed,
+`choices`) in `metadata`. :func:`add_config_arguments` turns the fields into argparse options
+(`decoder_dim` -> `--decoder-dim`), :func:`config_from_options` picks them back out of parsed
+options, and :func:`config_to_dict` / :func:`config_from_dict` are what a checkpoint stores.
+
+Example::
+
+    >>> @dataclass
+    ... class Demo:
+    ...     decoder_dim: int = field(default=512, metadata={"help": "Prediction network dim."})
+    >>> parser = argparse.ArgumentParser()
+    >>> add_config_arguments(parser, Demo)
+    >>> config_from_options(Demo, vars(parser.parse_args(["--decoder-dim", "32"])))
+    Demo(decoder_dim=32)
+
+:class:`LossConfig` lives here because the training loop owns the loss weighting; the model
+architecture's config belongs to the recipe that defines the model.
+"""
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Type, TypeVar, get_type_hints
+
+from icefall_cif.utils import str2bool
+
+C = TypeVar("C")
+
+
+def option_name(field_name: str) -> str:
+    """`decoder_dim` -> `--decoder-dim`."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _argparse_type(annotation: Any):
+    """The callable argparse converts a field's value with (Optional[X] -> X, bool -> str2bool)."""
+    args = getattr(annotation, "__args__", None)
+    if args and type(None) in args:
+        annotation = next(a for a in args if a is not type(None))
+    if annotation is bool:
+        return str2bool
+    return annotation
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    cls: Type[Any],
+    title: Optional[str] = None,
+    defaults_unset: bool = False,
+) -> None:
+    """Add one option per field of the dataclass `cls`.
+
+    Args:
+      parser: the parser (an argument group is added when `title` is given).
+      cls: the dataclass; each field's `metadata["help"]` is its help text and
+        `metadata["choices"]`, if present, restricts its values.
+      title: heading of the option group in `--help`.
+      defaults_unset: every option defaults to None instead of the field's default, so that
+        a caller can tell the options a user gave (decode.py: the options given must agree
+        with the checkpoint's).
+    """
+    target = parser.add_argument_group(title) if title else parser
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("internal"):
+            continue
+        default = None if defaults_unset else f.default
+        shown = f.default if f.default is not None else "unset"
+        target.add_argument(
+            option_name(f.name),
+            type=_argparse_type(hints[f.name]),
+            default=default,
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata.get('help', '')} Default: {shown}.",
+        )
+
+
+def config_fields(cls: Type[Any]) -> Dict[str, dataclasses.Field]:
+    """{field name: Field} of a config dataclass."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def config_from_options(cls: Type[C], options: Mapping[str, Any]) -> C:
+    """Build `cls` from the entries of `options` that are its fields (None means "not given").
+
+    Other entries (training or data options) are ignored; fields missing from `options` or
+    None there take their defaults.
+    """
+    given = {name: options[name] for name in config_fields(cls) if options.get(name) is not None}
+    return cls(**given)
+
+
+def config_to_dict(config: Any) -> Dict[str, Any]:
+    """Plain dict of a config (what checkpoints store)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: Type[C], saved: Mapping[str, Any], what: str) -> C:
+    """Rebuild `cls` from :func:`config_to_dict`'s output.
+
+    Fields added to `cls` after the dict was saved take their defaults; an entry that is not a
+    field (a config from newer code) is an error naming it and `what` (e.g. the checkpoint).
+    """
+    unknown = sorted(set(saved) - set(config_fields(cls)))
+    if unknown:
+        raise ValueError(
+            f"{what} has model settings this code does not know: {unknown}. It was saved by a newer "
+            f"version of the recipe; decode it with that version."
+        )
+    return cls(**dict(saved))
+
+
+@dataclass
+class LossConfig:
+    """Training-only settings of the losses: what to optimise, not what the model is.
+
+    The model returns its losses unweighted; the training loop weights them (with each
+    decoder head's warm-up schedule) in `compute_loss`.
+    """
+
+    ctc_loss_scale: float = field(default=0.5, metadata={"help": "Weight of the CTC loss."})
+    quantity_loss_scale: float = field(default=1.0, metadata={"help": "Weight of the CIF quantity loss."})
+    label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the CE loss."})
+    prune_range: int = field(
+        default=5, metadata={"help": "Symbols kept per CIF vector by the pruned RNN-T loss."}
+    )
+    lm_scale: float = field(default=0.25, metadata={"help": "LM-only smoothing of the simple RNN-T loss."})
+    am_scale: float = field(default=0.0, metadata={"help": "AM-only smoothing of the simple RNN-T loss."})
+    simple_loss_scale: float = field(
+        default=0.5, metadata={"help": "Weight of the simple RNN-T loss after warm-up (it starts at 1.0)."}
+    )
+    warm_step: int = field(
+        default=2000,
+        metadata={
+            "help": "Batches over which the simple/pruned RNN-T loss weights move from (1.0, 0.1) to "
+            "(--simple-loss-scale, 1.0)."
+        },
+    )

@@ -1,0 +1,195 @@
+"""The contract between a recipe's model and the shared train, validate and decode loops.
+
+The loops use a model only through :class:`CifModel` and its decoder head, a
+:class:`DecoderHead`; they never reach into submodules by name. A recipe's model provides:
+
+    fbank (N, T, 80) --forward_encoder--> encoder_out (N, T', C), encoder_out_lens (N,)
+          encoder_out --ctc_log_probs--> (N, T', V)
+          encoder_out --forward_cif--> CifPredictorOutput: cif (N, U, C), cif_lens, alpha, fire_frames
+          cif vectors --head--> loss terms, greedy tokens, beam hypotheses
+
+and one head class per `--decoder-type`: the transducer, AR CE and NAR CE heads of
+`egs/librispeech/ASR/zipformer_cif/`. The decoding methods a model offers follow from its head
+(:func:`decoding_methods`).
+
+Example (the loops' view of one batch)::
+
+    losses = model(x, x_lens, token_ids, loss_config)            # unweighted
+    weights = loss_weights(model, loss_config, batch_idx_train)  # ctc, quantity + the head's
+    loss = sum(weights[name] * losses[name] for name in weights)
+    encoder_out, lens = model.forward_encoder(x, x_lens)
+    cif_out = model.forward_cif(encoder_out, lens)
+    tokens, cif_index = model.head.greedy_search(cif_out.cif, cif_out.cif_lens, encoder_out, lens, 3)
+"""
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+import torch
+from torch import nn
+
+from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.config import LossConfig
+
+#: The CTC head's methods: every model has the auxiliary CTC head.
+CTC_METHODS: Tuple[str, ...] = ("ctc_greedy_search", "ctc_prefix_beam_search")
+
+
+class DecoderHead(nn.Module, ABC):
+    """A decoder over CIF vectors: its loss, its greedy search and its beam search.
+
+    Subclasses set :attr:`name` (the `--decoder-type` value), :attr:`beam_methods` (the
+    `--decoding-method` names its :meth:`beam_search` serves; a name ending in
+    `_lm_shallow_fusion` is the same search with an LM) and :attr:`loss_names`.
+    """
+
+    name: ClassVar[str]
+    beam_methods: ClassVar[Tuple[str, ...]]
+    loss_names: ClassVar[Tuple[str, ...]]
+    blank_id: int
+    vocab_size: int
+
+    @abstractmethod
+    def loss(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Dict[str, torch.Tensor]:
+        """Unweighted loss terms, each summed over the batch.
+
+        Args:
+          cif_out: the CIF layer's output with exactly y_lens[i] vectors per utterance.
+          encoder_out: (N, T', C) encoder frames; encoder_out_lens (N,).
+          y_padded: (N, U) target ids padded with blank; y_lens (N,).
+          config: the training-only loss settings.
+        Returns:
+          {name: scalar} with the names of :attr:`loss_names`.
+        """
+
+    @staticmethod
+    @abstractmethod
+    def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
+        """{loss name: weight} at global batch `batch_idx_train` (warm-up schedules live here)."""
+
+    @abstractmethod
+    def greedy_search(
+        self,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        max_sym_per_frame: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Batched greedy search.
+
+        Args:
+          cif: (N, U, C) CIF vectors; cif_lens (N,).
+          encoder_out: (N, T', C) frames (for heads that attend to them); encoder_out_lens (N,).
+          max_sym_per_frame: the most tokens one CIF vector may emit (heads that emit exactly
+            one token per vector ignore it).
+        Returns:
+          tokens (N, L) and the CIF vector each token came from (N, L), -1 (and any token id)
+          where no token was emitted.
+        """
+
+    @abstractmethod
+    def beam_search(
+        self,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        beam_size: int,
+        lm: Optional[Any],
+        lm_scale: float,
+        max_sym_per_frame: int,
+    ) -> List[List[Any]]:
+        """Batched beam search, with LM shallow fusion when `lm` is given.
+
+        Returns:
+          per utterance, its hypotheses (`icefall_cif.decode.beam_search.Hypothesis`), best first.
+        """
+
+
+@runtime_checkable
+class CifModel(Protocol):
+    """What the shared loops need of a CIF speech recognizer (see the module docstring).
+
+    Attributes:
+      head: the :class:`DecoderHead` over the CIF vectors.
+      blank_id: CTC/transducer blank and start symbol; vocab_size: tokens, blank included.
+      cif_downsample_factor: encoder frames per CIF frame (token timestamps are fire frames
+        times this, in encoder frames).
+    """
+
+    head: DecoderHead
+    blank_id: int
+    vocab_size: int
+    cif_downsample_factor: int
+
+    def forward(
+        self, x: torch.Tensor, x_lens: torch.Tensor, y: List[List[int]], loss_config: LossConfig
+    ) -> Dict[str, torch.Tensor]:
+        """(N, T, F) features, (N,) lengths, N token lists -> unweighted losses summed over the batch."""
+
+    def forward_encoder(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(N, T, F), (N,) -> encoder_out (N, T', C), encoder_out_lens (N,)."""
+
+    def forward_cif(
+        self,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        target_lengths: Optional[torch.Tensor] = None,
+    ) -> CifPredictorOutput:
+        """CIF over the encoder frames; with target_lengths (training) it fires exactly that often."""
+
+    def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
+        """(N, T', C) -> (N, T', V) CTC log-probs."""
+
+    def num_output_frames(self, num_frames: torch.Tensor) -> torch.Tensor:
+        """(N,) feature frames (100 Hz) -> (N,) frames the CIF layer integrates over.
+
+        The exact lengths `forward_cif` sees: cut filtering (a cut needs at least as many of
+        these frames as tokens) and the per-frame loss figures use it.
+        """
+
+    def set_batch_count(self, batch_count: float) -> None:
+        """Where training is, in reference batches (drives the encoder's schedules)."""
+
+    def adaptive_state(self) -> Dict[str, Any]:
+        """Module state that adapts during training but is not in `state_dict()` (for exact resume)."""
+
+    def load_adaptive_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`adaptive_state` returned."""
+
+
+def check_model(model: Any) -> None:
+    """Raise TypeError naming what is missing when `model` does not fulfil :class:`CifModel`."""
+    if not isinstance(model, CifModel):
+        missing = [name for name in _protocol_members() if not hasattr(model, name)]
+        raise TypeError(f"{type(model).__name__} is not a CifModel: it lacks {missing}")
+    if not isinstance(model.head, DecoderHead):
+        raise TypeError(f"{type(model).__name__}.head is a {type(model.head).__name__}, not a DecoderHead")
+
+
+def _protocol_members() -> Sequence[str]:
+    return ("head", "blank_id", "vocab_size", "cif_downsample_factor", "forward", "forward_encoder",
+            "forward_cif", "ctc_log_probs", "num_output_frames", "set_batch_count", "adaptive_state",
+            "load_adaptive_state")
+
+
+def decoding_methods(model: CifModel) -> List[str]:
+    """The `--decoding-method` names that apply to `model`: greedy, its head's beams, the CTC head's."""
+    return ["greedy_search", *model.head.beam_methods, *CTC_METHODS]
+
+
+def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
+    """{loss name: weight}: the CTC and quantity losses first, then the head's terms."""
+    return {
+        "ctc_loss": config.ctc_loss_scale,
+        "quantity_loss": config.quantity_loss_scale,
+        **model.head.loss_weights(config, batch_idx_train),
+    }

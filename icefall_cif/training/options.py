@@ -1,0 +1,120 @@
+"""The options of a recipe's train.py: training (icefall's names and defaults), model
+architecture (the recipe's config dataclass), losses (:class:`icefall_cif.config.LossConfig`)
+and data (:class:`icefall_cif.datamodule.AsrDataModule`)."""
+import argparse
+from pathlib import Path
+
+import torch
+
+from icefall_cif.config import LossConfig, add_config_arguments
+from icefall_cif.datamodule import AsrDataModule
+from icefall_cif.dist import is_torchrun
+from icefall_cif.recipe import Recipe
+from icefall_cif.utils import AttributeDict, str2bool
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, default_lang_dir: str) -> None:
+    """icefall's training options (names and defaults of its zipformer/train.py), plus ours."""
+    g = parser.add_argument_group("Training", "icefall-compatible training options")
+    g.add_argument("--world-size", type=int, default=1, help="Number of processes (GPUs) for DDP on this machine.")
+    g.add_argument("--master-port", type=int, default=12354, help="Port for DDP rendezvous (--world-size > 1).")
+    g.add_argument("--tensorboard", type=str2bool, default=True, help="Write tensorboard logs to exp-dir/tensorboard.")
+    g.add_argument("--num-epochs", type=int, default=30)
+    g.add_argument("--start-epoch", type=int, default=1,
+                   help="Resume from exp-dir/epoch-(start-epoch - 1).pt when > 1.")
+    g.add_argument("--start-batch", type=int, default=0,
+                   help="Resume from exp-dir/checkpoint-<start-batch>.pt when > 0 (overrides --start-epoch); "
+                        "-1 picks the newest checkpoint-*.pt.")
+    g.add_argument("--exp-dir", type=Path, default=Path("zipformer_cif/exp"))
+    g.add_argument("--lang-dir", type=Path, default=Path(default_lang_dir),
+                   help="Token files: bpe.model and/or tokens.txt.")
+    g.add_argument("--base-lr", type=float, default=0.045)
+    g.add_argument("--lr-batches", type=float, default=7500)
+    g.add_argument("--lr-epochs", type=float, default=3.5)
+    g.add_argument("--warmup-batches", type=float, default=500.0, help="Eden's linear warm-up length.")
+    g.add_argument("--ref-duration", type=float, default=600,
+                   help="Reference batch duration (s): the model's schedules (dropout, balancers, ...) advance "
+                        "by batch * max-duration * world-size / ref-duration, as in icefall.")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--use-fp16", type=str2bool, default=False, help="Mixed precision with float16 and a GradScaler.")
+    g.add_argument("--use-bf16", type=str2bool, default=False, help="Mixed precision with bfloat16.")
+    g.add_argument("--save-every-n", type=int, default=4000, help="Save checkpoint-<batch>.pt every N batches.")
+    g.add_argument("--keep-last-k", type=int, default=30, help="Keep only the newest K checkpoint-*.pt files.")
+    g.add_argument("--average-period", type=int, default=200,
+                   help="Update the running averaged model every this many batches.")
+    g.add_argument("--log-interval", type=int, default=50)
+    g.add_argument("--log-level", type=str, default="info", choices=["debug", "info", "warning"],
+                   help="'debug' also logs (and records) the cut ids of every batch (per rank under DDP).")
+    g.add_argument("--max-bad-batches", type=int, default=20,
+                   help="Stop after this many consecutive batches with inf/NaN loss.")
+    g.add_argument("--valid-decode", type=str2bool, default=True,
+                   help="Greedy-decode the validation set each epoch and log its WER/CER.")
+    g.add_argument("--init-encoder", type=Path, default=None,
+                   help="Initialise encoder_embed.* and encoder.* from an icefall zipformer checkpoint "
+                        "(a fresh run only; ignored when resuming).")
+    g.add_argument("--min-duration", type=float, default=1.0, help="Drop training cuts shorter than this (s).")
+    g.add_argument("--max-cut-duration", type=float, default=20.0, help="Drop training cuts longer than this (s).")
+    g.add_argument("--num-threads", type=int, default=1,
+                   help="PyTorch intra-op threads per process (icefall uses 1); 0 = the CPU cores of this machine "
+                        "divided by the processes on it. More threads only pay off on otherwise idle cores: on a "
+                        "busy machine OpenMP's spinning threads made training 15x slower (bench/bench_train.py).")
+
+
+def get_parser(recipe: Recipe, description: str = "") -> argparse.ArgumentParser:
+    """All options of a recipe's train.py: training, model, losses, data."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(parser, recipe.default_lang_dir)
+    add_config_arguments(parser, recipe.model_config, "Model")
+    add_config_arguments(parser, LossConfig, "Losses (training only)")
+    AsrDataModule.add_arguments(parser)
+    parser.set_defaults(corpus=recipe.name)
+    return parser
+
+
+def get_params() -> AttributeDict:
+    """Values that are not command-line options but are saved in checkpoints."""
+    return AttributeDict(
+        best_train_loss=float("inf"),
+        best_valid_loss=float("inf"),
+        best_train_epoch=-1,
+        best_valid_epoch=-1,
+        batch_idx_train=0,
+        cur_epoch=1,
+        # Batches taken from the DataLoader in the current epoch (skipped bad ones included).
+        batches_in_epoch=0,
+        feature_dim=80,
+        reset_interval=200,
+    )
+
+
+def check_options(params: AttributeDict) -> None:
+    """Reject impossible option combinations before anything is started, naming each problem."""
+    problems = []
+    if params.use_fp16 and params.use_bf16:
+        problems.append("--use-fp16 and --use-bf16 are exclusive: choose one")
+    if params.world_size < 1:
+        problems.append(f"--world-size must be >= 1, got {params.world_size}")
+    elif params.world_size > 1 and torch.cuda.is_available() and not is_torchrun():
+        if params.world_size > torch.cuda.device_count():
+            problems.append(
+                f"--world-size {params.world_size} needs one GPU per process but {torch.cuda.device_count()} "
+                f"are visible: lower --world-size"
+            )
+    if params.start_epoch < 1:
+        problems.append(f"--start-epoch must be >= 1, got {params.start_epoch}")
+    if params.num_epochs < params.start_epoch:
+        problems.append(f"--num-epochs ({params.num_epochs}) is smaller than --start-epoch ({params.start_epoch})")
+    if params.start_batch < -1:
+        problems.append(f"--start-batch must be -1 (newest checkpoint), 0 (none) or a batch index, got "
+                        f"{params.start_batch}")
+    if params.max_duration is not None and params.max_duration <= 0:
+        problems.append(f"--max-duration must be positive, got {params.max_duration}")
+    for name in ("save_every_n", "keep_last_k", "average_period", "log_interval", "max_bad_batches"):
+        if params[name] < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1, got {params[name]}")
+    if params.num_threads < 0:
+        problems.append(f"--num-threads must be >= 0 (0 = automatic), got {params.num_threads}")
+    if params.ref_duration <= 0:
+        problems.append(f"--ref-duration must be positive, got {params.ref_duration}")
+    if problems:
+        raise ValueError("Invalid training options:\n  " + "\n  ".join(problems))
