@@ -6,7 +6,7 @@
    - an eval forward under no_grad, and
    - a training step (forward + backward of a mean-square loss) of --train-config.
    Needs ICEFALL_MIRROR (the git dir of a fetched k2-fsa/icefall). icefall's k2 Swoosh calls
-   are replaced by plain-torch functions, as in ../shared/tools/icefall_reference.py.
+   are replaced by plain-torch functions, as in tools/record_icefall_reference.py.
 2. Peak memory of one training step for each --memory-configs config, ours (and icefall's with
    ICEFALL_MIRROR), each in a fresh subprocess: the peak resident set size during the step
    minus the resident size before it. The peak is the kernel's max-RSS counter (what

@@ -1,9 +1,9 @@
 """Tests for icefall_cif/cif.py against independent float64 references written here.
 
 Two references, both deliberately naive:
-  - `reference_loop`: the frame-by-frame accumulator of cif.md (fire when acc + alpha >= beta,
+  - `reference_loop`: the frame-by-frame accumulator of docs/cif.md (fire when acc + alpha >= beta,
     leftover measured from 1), plus tail handling for every utterance. Valid while alpha < 1.
-  - `reference_closed_form`: n_t, F_k(t) and a_{k,t} of cif.md evaluated with scalar loops over
+  - `reference_closed_form`: n_t, F_k(t) and a_{k,t} of docs/cif.md evaluated with scalar loops over
     tokens and frames; valid for any non-negative alpha (several fires per frame).
 """
 import math

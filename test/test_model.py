@@ -342,6 +342,24 @@ def test_get_model_errors_say_what_is_missing():
 
 
 @pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+def test_checkpoints_from_before_the_heads_load(decoder_type):
+    """Pre-head checkpoints keep the decoder modules at the top level (`joiner.*`, `ce_decoder.*`)."""
+    model = get_model(small_config(decoder_type))
+    old = {k.removeprefix("head."): v for k, v in model.state_dict().items()}
+    assert not any(k.startswith("head.") for k in old) and len(old) == len(model.state_dict())
+    torch.manual_seed(123)
+    other = get_model(small_config(decoder_type))
+    other.load_state_dict(old, strict=True)
+    assert all(torch.equal(other.state_dict()[k], v) for k, v in model.state_dict().items())
+
+    state = model.adaptive_state()
+    assert state and any(k.startswith("head.") for k in state) == (decoder_type == "cif_transducer")
+    changed = {k.removeprefix("head."): v / 2 for k, v in state.items()}
+    other.load_adaptive_state(changed)
+    assert other.adaptive_state() == {k: v / 2 for k, v in state.items()}
+
+
+@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
 def test_random_model_is_padding_invariant(decoder_type):
     g = torch.Generator().manual_seed(3)
     model = get_model(small_config(decoder_type)).eval()

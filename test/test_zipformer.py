@@ -2,8 +2,8 @@
 
 They use the `tiny` config and check shapes, length formulas, the learned down/upsampling,
 masking and batch invariance, causality of the chunked model, training and autocast.
-(Equality with icefall's outputs is checked by ../shared/tools/icefall_reference.py, which
-needs a fetched icefall and so is not part of this suite.)
+(Equality with icefall's outputs is checked by test_icefall_parity.py against recorded
+reference outputs; tools/record_icefall_reference.py re-records them from a fetched icefall.)
 """
 import warnings
 

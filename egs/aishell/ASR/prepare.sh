@@ -64,7 +64,7 @@ log "Running $0 --stage $stage --stop-stage $stop_stage (python: $python, dl_dir
 if stage_wanted 0; then
   banner 0 "AISHELL-1 corpus -> $dl_dir/aishell/data_aishell"
   if ! already_done data/.corpus.done; then
-    get_corpus aishell aishell
+    get_corpus aishell aishell "$dl_dir/aishell"
     touch data/.corpus.done
   fi
 fi

@@ -66,7 +66,7 @@ log "Running $0 --stage $stage --stop-stage $stop_stage (python: $python, dl_dir
 if stage_wanted 0; then
   banner 0 "LibriSpeech corpus -> $dl_dir/LibriSpeech"
   if ! already_done data/.corpus.done; then
-    get_corpus librispeech LibriSpeech
+    get_corpus librispeech LibriSpeech "$dl_dir"
     touch data/.corpus.done
   fi
 fi

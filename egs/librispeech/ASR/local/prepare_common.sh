@@ -63,10 +63,11 @@ synth_cli_args() {
   fi
 }
 
-# get_corpus CORPUS SUBDIR: stage 0 for either recipe. Links --corpus-dir, or synthesizes with
-# --synthetic 1, or checks what download/ already holds.
+# get_corpus CORPUS SUBDIR SYNTH_DIR: stage 0 for any recipe. Links --corpus-dir, or synthesizes
+# into SYNTH_DIR with --synthetic 1 (the synthetic tree then appears as download/SUBDIR), or
+# checks what download/ already holds.
 get_corpus() {
-  local corpus=$1 subdir=$2
+  local corpus=$1 subdir=$2 out=$3
   if [ -n "$corpus_dir" ] && [ "$synthetic" != 0 ]; then
     die "give either --corpus-dir DIR or --synthetic 1, not both"
   fi
@@ -76,8 +77,6 @@ get_corpus() {
       log "$dl_dir/$subdir already exists: using it instead of synthesizing (remove it to regenerate)"
     else
       synth_cli_args
-      local out=$dl_dir
-      [ "$corpus" = aishell ] && out=$dl_dir/aishell
       log "Synthesizing a $corpus corpus into $out: ${synth_args[*]}"
       "$python" -m icefall_cif.synth "$corpus" "$out" "${synth_args[@]}" 2>&1 | tee -a "$log_file"
     fi

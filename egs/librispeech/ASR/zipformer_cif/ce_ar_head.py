@@ -8,13 +8,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ce_decoder import ArCeDecoder, token_cross_entropy
+from ce_decoder import ArCeDecoder, CeHead
 
 from icefall_cif.cif import CifPredictorOutput
-from icefall_cif.config import LossConfig
 from icefall_cif.decode.beam_search import ce_beam_search
 from icefall_cif.decode.greedy import vector_index
-from icefall_cif.model_contract import DecoderHead
 
 
 class ArBeamScorer:
@@ -38,15 +36,13 @@ class ArBeamScorer:
         self.prev = tokens.reshape(-1)
 
 
-class ArCeHead(DecoderHead):
+class ArCeHead(CeHead):
     """Causal Transformer over CIF vectors and previous tokens; label-smoothed CE.
 
     Submodule (checkpoint keys under `head.`): `ce_decoder`.
     """
 
     name = "cif_ce_ar"
-    beam_methods = ("beam_search", "beam_search_lm_shallow_fusion")
-    loss_names = ("ce_loss",)
 
     def __init__(self, ce_decoder: ArCeDecoder):
         super().__init__()
@@ -73,28 +69,16 @@ class ArCeHead(DecoderHead):
         return cls(networks["ce_decoder"])
 
     def teacher_forced_logits(
-        self, cif: torch.Tensor, cif_lens: torch.Tensor, y_padded: torch.Tensor
-    ) -> torch.Tensor:
-        """(N, U, V) logits of all positions in one pass, token u-1 fed at position u."""
-        # Slicing (not y[:, :-1]) keeps U = 0 valid.
-        prev = F.pad(y_padded, (1, 0), value=self.blank_id)[:, : y_padded.size(1)]
-        return self.ce_decoder(cif, cif_lens, prev)
-
-    def loss(
         self,
         cif_out: CifPredictorOutput,
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
-        y_lens: torch.Tensor,
-        config: LossConfig,
-    ) -> Dict[str, torch.Tensor]:
-        logits = self.teacher_forced_logits(cif_out.cif, cif_out.cif_lens, y_padded)
-        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
-
-    @staticmethod
-    def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
-        return {"ce_loss": 1.0}
+    ) -> torch.Tensor:
+        """(N, U, V) logits of all positions in one pass, token u-1 fed at position u."""
+        # Slicing (not y[:, :-1]) keeps U = 0 valid.
+        prev = F.pad(y_padded, (1, 0), value=self.blank_id)[:, : y_padded.size(1)]
+        return self.ce_decoder(cif_out.cif, cif_out.cif_lens, prev)
 
     def greedy_search(
         self,

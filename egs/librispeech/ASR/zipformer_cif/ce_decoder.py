@@ -10,11 +10,16 @@ Both use pre-norm layers, so a step of `ArCeDecoder.forward_step` can cache the 
 each layer and reproduce the parallel forward exactly.
 """
 import math
-from typing import List, Optional, Tuple
+from abc import abstractmethod
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.config import LossConfig
+from icefall_cif.model_contract import DecoderHead
 from icefall_cif.utils import make_pad_mask
 
 
@@ -265,6 +270,42 @@ class NarCeDecoder(nn.Module):
                 x, x, key_padding_mask=self_kpm, memory=mem, memory_key_padding_mask=mem_kpm
             )
         return self.output_linear(self.final_norm(x))
+
+
+class CeHead(DecoderHead):
+    """What the CE heads share: one token per CIF vector, trained with label-smoothed CE.
+
+    Subclasses give :meth:`teacher_forced_logits`; the loss and its weight follow from it.
+    """
+
+    beam_methods = ("beam_search", "beam_search_lm_shallow_fusion")
+    loss_names = ("ce_loss",)
+
+    @abstractmethod
+    def teacher_forced_logits(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N, U, V) logits of every target position in one pass."""
+
+    def loss(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Dict[str, torch.Tensor]:
+        logits = self.teacher_forced_logits(cif_out, encoder_out, encoder_out_lens, y_padded)
+        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
+
+    @staticmethod
+    def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
+        return {"ce_loss": 1.0}
 
 
 def token_cross_entropy(

@@ -8,13 +8,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from ce_decoder import NarCeDecoder, token_cross_entropy
+from ce_decoder import CeHead, NarCeDecoder
 
 from icefall_cif.cif import CifPredictorOutput
-from icefall_cif.config import LossConfig
 from icefall_cif.decode.beam_search import ce_beam_search
 from icefall_cif.decode.greedy import vector_index
-from icefall_cif.model_contract import DecoderHead
 
 
 class NarBeamScorer:
@@ -33,15 +31,13 @@ class NarBeamScorer:
         """Nothing to follow: the positions do not depend on earlier tokens."""
 
 
-class NarCeHead(DecoderHead):
+class NarCeHead(CeHead):
     """Bidirectional Transformer over CIF vectors, cross-attending to frames; label-smoothed CE.
 
     Submodule (checkpoint keys under `head.`): `ce_decoder`.
     """
 
     name = "cif_ce_nar"
-    beam_methods = ("beam_search", "beam_search_lm_shallow_fusion")
-    loss_names = ("ce_loss",)
 
     def __init__(self, ce_decoder: NarCeDecoder, blank_id: int):
         super().__init__()
@@ -67,21 +63,15 @@ class NarCeHead(DecoderHead):
     def from_networks(cls, config, cif_dim: int, networks: Dict[str, nn.Module]) -> "NarCeHead":
         return cls(networks["ce_decoder"], config.blank_id)
 
-    def loss(
+    def teacher_forced_logits(
         self,
         cif_out: CifPredictorOutput,
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
-        y_lens: torch.Tensor,
-        config: LossConfig,
-    ) -> Dict[str, torch.Tensor]:
-        logits = self.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
-        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
-
-    @staticmethod
-    def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
-        return {"ce_loss": 1.0}
+    ) -> torch.Tensor:
+        """(N, U, V) logits of one parallel pass (the targets are not fed back)."""
+        return self.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
 
     def greedy_search(
         self,

@@ -204,7 +204,8 @@ class CifAsrModel(nn.Module):
         }
 
     def load_adaptive_state(self, state: Dict[str, Any]) -> None:
-        """Restore what :meth:`adaptive_state` returned."""
+        """Restore what :meth:`adaptive_state` returned (module paths of pre-head checkpoints too)."""
+        state = {_head_key(name): value for name, value in state.items()}
         for name, module in self.named_modules():
             if name in state:
                 module.prob = state[name]
@@ -336,10 +337,18 @@ class CifAsrModel(nn.Module):
         return losses
 
 
+def _head_key(key: str) -> str:
+    """A pre-head checkpoint's key or module path (`decoder.embedding.weight`) as it is now
+    (`head.decoder.embedding.weight`); other keys unchanged."""
+    return "head." + key if key.startswith(_PRE_HEAD_PREFIXES) else key
+
+
 def _move_pre_head_keys(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
     """Load-state-dict pre-hook: rename a pre-head checkpoint's decoder keys to `head.*`."""
-    for key in [k for k in state_dict if k.startswith(tuple(prefix + p for p in _PRE_HEAD_PREFIXES))]:
-        state_dict[prefix + "head." + key[len(prefix):]] = state_dict.pop(key)
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        moved = prefix + _head_key(key[len(prefix):])
+        if moved != key:
+            state_dict[moved] = state_dict.pop(key)
 
 
 # ---------------------------------------------------------------------- factory
