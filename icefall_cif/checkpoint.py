@@ -13,8 +13,11 @@ fsync'ed, and then renamed over the target, so a crash or `kill -9` leaves eithe
 previous file or the complete new one, never a truncated checkpoint.
 """
 import glob
+import io
 import logging
 import os
+import pathlib
+import pickle
 import random
 import re
 from pathlib import Path
@@ -26,6 +29,63 @@ import torch.nn as nn
 from icefall_cif.dist import unwrap_model
 
 Pathlike = Union[str, Path]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A file whose unpickling would construct or call something other than tensors and plain data."""
+
+
+def _allowed_legacy_globals() -> list:
+    """What checkpoints written before they held only plain data need, and icefall's need.
+
+    Our older checkpoints hold option values as `pathlib` paths and numpy's RNG state as an
+    array; icefall's hold their params as `icefall.utils.AttributeDict` (a dict subclass, read
+    as a plain dict). None of these runs code the file chooses.
+    """
+    return [
+        pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath,
+        np.ndarray, np.dtype, type(np.dtype(np.uint32)), type(np.dtype(np.float64)),
+        (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+        np._core.multiarray._reconstruct,
+        (dict, "icefall.utils.AttributeDict"),
+    ]
+
+
+def load_safely(filename: Pathlike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """`torch.load` that never executes code from the file (`weights_only=True`).
+
+    Tensors and plain Python data load; so do this repository's older checkpoints and
+    icefall's (see :func:`_allowed_legacy_globals`). Anything else is refused before it runs.
+
+    Raises:
+      UnsafeCheckpointError: naming the file and the global it would have used.
+    """
+    try:
+        with torch.serialization.safe_globals(_allowed_legacy_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"WeightsUnpickler error: \s*(.+)", str(e))
+        what = found.group(1)[:200] if found else "objects that are not tensors"
+        raise UnsafeCheckpointError(
+            f"{filename}: refused to load: unpickling it would use {what}, which is not a tensor or plain "
+            f"data (a file that runs code when opened). Only open checkpoints from sources you trust; if you "
+            f"trust this one, rewrite it as plain data with local/convert_checkpoint.py."
+        ) from None
+
+
+def plain_data(obj: Any) -> Any:
+    """`obj` with paths as str and numpy values as lists/numbers, so that it saves as plain data."""
+    if isinstance(obj, dict):
+        return {k: plain_data(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(v) for v in obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
 
 STATE_KEYS = ("model", "model_avg", "optimizer", "scheduler", "grad_scaler", "sampler")
 RNG_KEY = "rng_state"
@@ -49,7 +109,7 @@ def get_rng_state() -> Dict[str, Any]:
     """The states of python's, numpy's, torch's CPU and (when available) CUDA generators."""
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": plain_data(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -60,7 +120,8 @@ def get_rng_state() -> Dict[str, Any]:
 def set_rng_state(state: Dict[str, Any]) -> None:
     """Restore generator states saved by `get_rng_state`."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     cuda_states = state.get("cuda")
     if cuda_states is None:
@@ -155,7 +216,7 @@ def save_checkpoint(
                 f"params has a key '{k}' that the checkpoint uses for its own state; "
                 f"rename that entry of params"
             )
-        checkpoint[k] = v
+        checkpoint[k] = plain_data(v)
     atomic_save(checkpoint, filename)
 
 
@@ -187,9 +248,7 @@ def load_checkpoint(
       best losses, ...) and `rng_state` when it was saved.
     """
     logging.info(f"Loading checkpoint from {filename}")
-    # Checkpoints hold params and RNG states (arbitrary Python objects), hence
-    # weights_only=False: only load checkpoints you trust.
-    checkpoint = torch.load(filename, map_location="cpu", weights_only=False)
+    checkpoint = load_safely(filename)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(
             f"{filename} is not a checkpoint written by save_checkpoint/export (no 'model' key)"
@@ -272,7 +331,7 @@ def _storage_key(t: torch.Tensor) -> Optional[tuple]:
 
 
 def _load_model_state(filename: Pathlike, device: torch.device) -> Dict[str, torch.Tensor]:
-    checkpoint = torch.load(filename, map_location=device, weights_only=False)
+    checkpoint = load_safely(filename, map_location=device)
     if "model" not in checkpoint:
         raise ValueError(f"{filename} has no 'model' entry; is it a checkpoint?")
     return strip_ddp_prefix(checkpoint["model"])
@@ -396,7 +455,7 @@ def average_checkpoints_with_averaged_model(
     """
     ckpts = []
     for filename in (filename_start, filename_end):
-        ckpt = torch.load(filename, map_location=device, weights_only=False)
+        ckpt = load_safely(filename, map_location=device)
         missing = [k for k in ("model_avg", "batch_idx_train", "average_period") if k not in ckpt]
         if missing:
             raise ValueError(
@@ -434,3 +493,29 @@ def average_checkpoints_with_averaged_model(
         dtype = model_e[k].dtype if k in model_e else v_e.dtype
         out[k] = mean.to(dtype)
     return out
+
+
+def convert_to_plain(src: Pathlike, dst: Pathlike) -> List[str]:
+    """Rewrite a checkpoint you trust as plain data that `load_safely` opens.
+
+    Reads `src` with full unpickling (so run it only on files whose origin you trust), turns
+    paths and numpy values into plain data, drops entries that are still not plain (named in
+    the returned list), and writes `dst` atomically.
+    """
+    checkpoint = torch.load(src, map_location="cpu", weights_only=False)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{src} is not a checkpoint dict")
+    out, dropped = {}, []
+    for key, value in checkpoint.items():
+        value = plain_data(value)
+        try:
+            buffer = io.BytesIO()
+            torch.save(value, buffer)
+            buffer.seek(0)
+            torch.load(buffer, weights_only=True)
+        except (pickle.PickleError, TypeError, AttributeError):
+            dropped.append(key)
+            continue
+        out[key] = value
+    atomic_save(out, dst)
+    return dropped

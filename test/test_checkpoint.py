@@ -5,6 +5,7 @@ import random
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +13,16 @@ import torch
 import torch.nn as nn
 
 from icefall_cif.checkpoint import (
+    UnsafeCheckpointError,
     average_checkpoints,
     average_checkpoints_with_averaged_model,
+    convert_to_plain,
     find_checkpoints,
     load_checkpoint,
+    load_safely,
     remove_checkpoints,
     save_checkpoint,
+    set_rng_state,
     update_averaged_model,
 )
 from icefall_cif.utils import AttributeDict
@@ -164,7 +169,7 @@ def test_ddp_prefix_is_stripped(tmp_path):
     model = TinyModel()
     # DataParallel prefixes keys with `module.` like DDP and runs without a process group.
     save_checkpoint(tmp_path / "wrapped.pt", nn.DataParallel(model))
-    raw = torch.load(tmp_path / "wrapped.pt", weights_only=False)
+    raw = torch.load(tmp_path / "wrapped.pt", weights_only=True)
     assert set(raw["model"]) == set(model.state_dict())
 
     # A checkpoint whose states were saved from a wrapped model still loads into a bare one.
@@ -355,3 +360,71 @@ def test_average_with_averaged_model_equals_mean_between_checkpoints(tmp_path):
         average_checkpoints_with_averaged_model(
             tmp_path / "checkpoint-10.pt", tmp_path / "plain.pt"
         )
+
+
+# ---------------------------------------------------------------------------- safe loading
+class _WritesAMarker:
+    """Unpickling this calls `open(marker, "w")`: a stand-in for a file that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "epoch-1.pt"
+    torch.save({"model": TinyModel().state_dict(), "cur_epoch": 1, "payload": _WritesAMarker(marker)}, evil)
+    for load in (lambda: load_checkpoint(evil, TinyModel()), lambda: load_safely(evil),
+                 lambda: average_checkpoints([evil, evil], torch.device("cpu"))):
+        with pytest.raises(UnsafeCheckpointError, match=r"epoch-1\.pt: refused to load: unpickling it would use "
+                                                         r"io\.open.*local/convert_checkpoint\.py"):
+            load()
+        assert not marker.exists()
+
+
+def test_old_and_icefall_checkpoints_load_safely(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    model = TinyModel()
+    # Written the old way: option values as Paths, numpy's RNG state as an array.
+    old = {"model": model.state_dict(), "exp_dir": Path("exp"), "rng_state": {"numpy": np.random.get_state()}}
+    torch.save(old, tmp_path / "old.pt")
+    loaded = load_safely(tmp_path / "old.pt")
+    assert loaded["exp_dir"] == Path("exp") and (loaded["rng_state"]["numpy"][1] == old["rng_state"]["numpy"][1]).all()
+
+    # icefall pickles its params as icefall.utils.AttributeDict.
+    fake = types.ModuleType("icefall.utils")
+
+    class IcefallDict(dict):
+        pass
+
+    IcefallDict.__module__, IcefallDict.__qualname__ = "icefall.utils", "AttributeDict"
+    fake.AttributeDict = IcefallDict
+    monkeypatch.setitem(sys.modules, "icefall", types.ModuleType("icefall"))
+    monkeypatch.setitem(sys.modules, "icefall.utils", fake)
+    torch.save({"model": model.state_dict(), "params": IcefallDict(lr=0.045)}, tmp_path / "icefall.pt")
+    monkeypatch.delitem(sys.modules, "icefall.utils")
+    monkeypatch.delitem(sys.modules, "icefall")
+    loaded = load_safely(tmp_path / "icefall.pt")
+    assert loaded["params"] == {"lr": 0.045}
+    _assert_state_equal(loaded["model"], model.state_dict())
+
+
+def test_new_checkpoints_are_plain_data_and_conversion_makes_them_so(tmp_path):
+    model = TinyModel()
+    params = AttributeDict(exp_dir=Path("exp"), cur_epoch=3, scale=np.float32(0.5))
+    save_checkpoint(tmp_path / "new.pt", model, params=params)
+    raw = torch.load(tmp_path / "new.pt", weights_only=True)  # plain torch, no allow-list
+    assert raw["exp_dir"] == "exp" and raw["scale"] == 0.5 and isinstance(raw["rng_state"]["numpy"][1], list)
+    set_rng_state(raw["rng_state"])  # the plain RNG state restores
+
+    torch.save({"model": model.state_dict(), "payload": _WritesAMarker(tmp_path / "m"), "cur_epoch": 2},
+               tmp_path / "trusted.pt")
+    dropped = convert_to_plain(tmp_path / "trusted.pt", tmp_path / "plain.pt")
+    assert dropped == ["payload"]
+    converted = torch.load(tmp_path / "plain.pt", weights_only=True)
+    assert converted["cur_epoch"] == 2 and set(converted) == {"model", "cur_epoch"}

@@ -87,7 +87,7 @@ def manifest_texts(model: TrainedModel, part: str) -> Dict[str, List[str]]:
 
 
 def load(path: Path):
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_decode_cli_writes_icefall_result_files(tiny_model: TrainedModel, tmp_path):

@@ -97,7 +97,7 @@ def test_spawn_two_processes_gloo(tmp_path):
         }
     assert (tmp_path / "from-rank-0.pt").exists()
     assert not (tmp_path / "from-rank-1.pt").exists()
-    saved = torch.load(tmp_path / "from-rank-0.pt", weights_only=False)
+    saved = torch.load(tmp_path / "from-rank-0.pt", weights_only=True)
     assert set(saved["model"]) == {"weight", "bias"}  # no DDP `module.` prefix
 
 

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load(path: Path) -> Dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def model_config(options: List[str], lang_dir: Path):
@@ -267,7 +267,7 @@ def test_consecutive_bad_batches_stop_with_a_dumped_batch(tiny_model: TrainedMod
         train_in_process(options, tiny_model.corpus)
     assert str(exp / "bad-batch-0.pt") in str(err.value) and str(poisoned[-1]) in str(err.value)
     dumped = load(exp / "bad-batch-0.pt")
-    assert [c.id for c in dumped["supervisions"]["cut"]] == poisoned[-1] == poisoned[1]
+    assert [c["id"] for c in dumped["supervisions"]["cut"]] == poisoned[-1] == poisoned[1]
     assert dumped["inputs"].shape[0] == len(poisoned[-1])
     assert "model" in load(exp / "bad-model-0.pt")
 

@@ -26,6 +26,7 @@ from icefall_cif.checkpoint import (
     average_checkpoints,
     average_checkpoints_with_averaged_model,
     find_checkpoints,
+    load_safely,
     strip_ddp_prefix,
 )
 from icefall_cif.config import add_config_arguments, config_fields, config_from_dict, config_from_options, option_name
@@ -178,7 +179,7 @@ def select_model_weights(params: AttributeDict) -> Tuple[Dict[str, torch.Tensor]
     if params.use_averaged_model:
         state = average_checkpoints_with_averaged_model(files[1], files[0], cpu)
     elif len(files) == 1:
-        state = strip_ddp_prefix(torch.load(files[0], map_location=cpu, weights_only=False)["model"])
+        state = strip_ddp_prefix(load_safely(files[0])["model"])
     else:
         state = average_checkpoints(files, cpu)
     return state, suffix, read_training_options(files[0])
@@ -186,7 +187,7 @@ def select_model_weights(params: AttributeDict) -> Tuple[Dict[str, torch.Tensor]
 
 def read_training_options(filename: Path) -> Dict[str, Any]:
     """The options and counters train.py saved at the top level of a checkpoint."""
-    saved = torch.load(filename, map_location="cpu", weights_only=False, mmap=True)
+    saved = load_safely(filename, mmap=True)
     skip = {"model", "model_avg", "optimizer", "scheduler", "grad_scaler", "sampler", "rng_state"}
     return {k: v for k, v in saved.items() if k not in skip}
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from icefall_cif.checkpoint import load_safely
 from icefall_cif.lm.ngram import check_token_sequences
 
 
@@ -222,7 +223,7 @@ def save_rnn_lm(model: RnnLm, path: Union[str, Path]) -> None:
 
 def load_rnn_lm(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> RnnLm:
     """Load a model written by `save_rnn_lm`, in eval mode on `device`."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = load_safely(path)
     if not isinstance(checkpoint, dict) or "config" not in checkpoint or "model" not in checkpoint:
         raise ValueError(f"{path} is not an RNN LM written by save_rnn_lm / local/train_lm.py --lm-type rnn")
     model = RnnLm(**checkpoint["config"])

@@ -103,6 +103,14 @@ def compute_loss(
     return loss, info
 
 
+def dumpable_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
+    """The batch as plain data (its cuts as dicts), so the dump opens with `weights_only=True`."""
+    supervisions = {
+        k: [c.to_dict() for c in v] if k == "cut" else v for k, v in batch["supervisions"].items()
+    }
+    return {**batch, "supervisions": supervisions}
+
+
 def batch_cut_ids(batch: Dict[str, Any]) -> List[str]:
     cuts = batch["supervisions"].get("cut")
     return [c.id for c in cuts] if cuts is not None else []
@@ -303,7 +311,7 @@ def train_one_epoch(
             optimizer.zero_grad()
             if consecutive_bad >= params.max_bad_batches:
                 dump = params.exp_dir / f"bad-batch-{state.rank}.pt"
-                torch.save(batch, dump)
+                torch.save(dumpable_batch(batch), dump)
                 bad_model = state.save_bad_model()
                 raise BadBatchError(
                     f"{consecutive_bad} consecutive batches had an inf/NaN loss (the last one's cuts: {cut_ids}). "

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from icefall_cif.checkpoint import find_checkpoints, load_checkpoint, strip_ddp_prefix
+from icefall_cif.checkpoint import find_checkpoints, load_checkpoint, load_safely, strip_ddp_prefix
 from icefall_cif.config import config_to_dict, option_name
 from icefall_cif.tokenizer import Tokenizer, check_token_table
 from icefall_cif.utils import AttributeDict
@@ -78,7 +78,7 @@ def resume(
     if filename is None:
         return None
     logging.info(f"Resuming from {filename}")
-    header = torch.load(filename, map_location="cpu", weights_only=False, mmap=True)
+    header = load_safely(filename, mmap=True)
     check_token_table(header, tokenizer, str(filename), "point --lang-dir at the token set the checkpoint was "
                       "trained with (see its log-train-* 'Options' line)")
     differences = _config_differences(header["model_config"], model_config) if "model_config" in header else ""
@@ -112,7 +112,7 @@ def load_init_encoder(model: nn.Module, path: Path) -> int:
     """
     if not path.is_file():
         raise FileNotFoundError(f"--init-encoder {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_safely(path)
     if isinstance(state, dict) and "model" in state:
         state = state["model"]
     state = strip_ddp_prefix(state)

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/local/convert_checkpoint.py
