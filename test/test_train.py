@@ -16,6 +16,7 @@ model, one thread. What is checked:
 - clear errors for impossible options, a missing manifest, a checkpoint of another vocabulary,
   token table or model config; `--init-encoder` copies exactly the encoder.
 """
+import os
 import signal
 import subprocess
 import sys
@@ -41,6 +42,8 @@ from recipe_fixtures import (  # noqa: E402
     TINY_ENCODER,
     TrainedModel,
     copy_exp_dir,
+    free_port,
+    run_script,
     tiny_train_options,
     train_in_process,
 )
@@ -188,7 +191,110 @@ def test_start_epoch_resume_equals_uninterrupted_run(tiny_model: TrainedModel, t
         assert_same_tensors(reference[key], resumed[key], key)
 
 
+# ---------------------------------------------------------------------------------- preemption
+def start_then_signal(options: List[str], model: TrainedModel, records_file: Path, epoch: int, log: Path) -> int:
+    """Start train.py in its own session, send SIGTERM to the whole session (as a scheduler does)
+    once `records_file` shows a batch of `epoch`; return the exit status."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(LIBRI / "zipformer_cif" / "train.py"), *options],
+            cwd=model.corpus.root, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.time() + 300
+            while not (records_file.exists() and any(r["epoch"] == epoch for r in read_records(records_file, "batch"))):
+                assert proc.poll() is None, log.read_text()
+                assert time.time() < deadline, f"no batch of epoch {epoch} after 300 s"
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGTERM)
+            return proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def assert_same_training_state(reference: Dict[str, Any], resumed: Dict[str, Any]) -> None:
+    for key in ("model", "model_avg", "optimizer", "scheduler", "adaptive_module_state"):
+        assert_same_tensors(reference[key], resumed[key], key)
+    assert resumed["batch_idx_train"] == reference["batch_idx_train"]
+
+
+def test_sigterm_stops_after_a_batch_with_a_checkpoint_and_resumes_exactly(tiny_model: TrainedModel, tmp_path):
+    exp = tmp_path / "exp"
+    options = tiny_train_options(tiny_model.corpus, exp)
+    status = start_then_signal(options, tiny_model, exp / "log" / "records-train.jsonl", 2, tmp_path / "run.log")
+    assert status == 0, (tmp_path / "run.log").read_text()
+    (stop,) = records(exp, "preempted")
+    assert stop["epoch"] == 2 and not (exp / "epoch-2.pt").exists()
+    saved = load(Path(stop["checkpoint"]))
+    assert saved["batch_idx_train"] == stop["global"] and saved["batches_in_epoch"] == stop["batch"]
+    assert "Stopping on SIGTERM after batch" in (tmp_path / "run.log").read_text()
+
+    train_in_process(options + ["--start-batch", "-1"], tiny_model.corpus)
+    assert_same_training_state(load(tiny_model.exp_dir / "epoch-2.pt"), load(exp / "epoch-2.pt"))
+
+
+def test_sigterm_under_ddp_stops_every_rank_and_resumes_exactly(ddp_model: TrainedModel, tmp_path):
+    exp = tmp_path / "exp"
+    options = list(ddp_model.train_options)
+    options[options.index("--exp-dir") + 1] = str(exp)
+    options[options.index("--master-port") + 1] = str(free_port())
+    status = start_then_signal(options, ddp_model, exp / "log" / "records-train-rank0.jsonl", 1, tmp_path / "run.log")
+    assert status == 0, (tmp_path / "run.log").read_text()
+    stops = [records(exp, "preempted", f"records-train-rank{r}.jsonl") for r in (0, 1)]
+    assert len(stops[0]) == len(stops[1]) == 1 and stops[0][0]["global"] == stops[1][0]["global"]
+    assert not (exp / "epoch-1.pt").exists()
+    saved = load(Path(stops[0][0]["checkpoint"]))
+    assert len(saved["rank_states"]) == 2
+
+    options[options.index("--master-port") + 1] = str(free_port())
+    run_script("train.py", options + ["--start-batch", "-1"], cwd=ddp_model.corpus.root)
+    assert_same_training_state(load(ddp_model.exp_dir / "epoch-1.pt"), load(exp / "epoch-1.pt"))
+
+
 # ---------------------------------------------------------------------------------- DDP
+FAULTY_TRAIN_PY = """
+import os, sys
+sys.path.insert(0, {recipe_dir!r})
+from icefall_cif.training import loop
+
+real = loop.compute_loss
+
+
+def compute_loss(params, model, *args):
+    # Module level, so the spawned ranks (which import this file as __mp_main__) are patched too.
+    if model.training and os.environ.get("RANK") == "1" and params.batches_in_epoch == 2:
+        raise RuntimeError("simulated fault on rank 1")
+    return real(params, model, *args)
+
+
+loop.compute_loss = compute_loss
+if __name__ == "__main__":
+    from recipe import RECIPE
+
+    loop.main(RECIPE)
+"""
+
+
+def test_a_failing_rank_stops_both_ranks_without_a_hang(ddp_model: TrainedModel, tmp_path):
+    script = tmp_path / "faulty_train.py"
+    script.write_text(FAULTY_TRAIN_PY.format(recipe_dir=str(LIBRI / "zipformer_cif")))
+    exp = tmp_path / "exp"
+    options = list(ddp_model.train_options)
+    options[options.index("--exp-dir") + 1] = str(exp)
+    options[options.index("--master-port") + 1] = str(free_port())
+    start = time.time()
+    proc = subprocess.run([sys.executable, str(script), *options], cwd=ddp_model.corpus.root,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    assert time.time() - start < 200
+    assert "simulated fault on rank 1" in proc.stderr
+    logs = {p.name[-1]: p.read_text() for p in (exp / "log").glob("log-train-*")}
+    assert "Rank 1 of 2 stops: RuntimeError: simulated fault on rank 1" in logs["1"]
+    assert "simulated fault" not in logs["0"]  # the error is logged once, by the rank that had it
+    assert not (exp / "epoch-1.pt").exists()
+
+
 
 
 def test_world_size_2_ranks_see_different_cuts_and_checkpoint_loads(ddp_model: TrainedModel):

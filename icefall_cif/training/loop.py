@@ -29,7 +29,13 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from icefall_cif.checkpoint import remove_checkpoints, save_checkpoint, set_rng_state, update_averaged_model
+from icefall_cif.checkpoint import (
+    get_rng_state,
+    remove_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+    update_averaged_model,
+)
 from icefall_cif.config import LossConfig, config_from_options, config_to_dict
 from icefall_cif.datamodule import AsrDataModule, filter_cuts, restore_sampler_position
 from icefall_cif.decode.greedy import greedy_search
@@ -39,8 +45,9 @@ from icefall_cif.optim import Eden, ScaledAdam
 from icefall_cif.recipe import Recipe
 from icefall_cif.tokenizer import Tokenizer, token_table, token_table_digest
 from icefall_cif.training.options import check_options, get_params, get_parser
+from icefall_cif.training.preemption import Preempted, PreemptionFlag, ignore_in_launcher
 from icefall_cif.training.records import TrainingRecords
-from icefall_cif.training.resume import load_init_encoder, resume
+from icefall_cif.training.resume import load_init_encoder, own_rank_state, resume
 from icefall_cif.utils import (
     AttributeDict,
     MetricsTracker,
@@ -186,12 +193,16 @@ class GradScaleWatchdog:
             self.scaler.update(scale * 2.0)
 
 
-def all_ranks_finite(loss: torch.Tensor, world_size: int) -> bool:
-    """Whether the loss is finite on every rank (all ranks must skip a batch together under DDP)."""
-    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+def agree_on_batch(loss: torch.Tensor, world_size: int, preemption: PreemptionFlag) -> Tuple[bool, bool]:
+    """(the loss is finite on every rank, some rank was asked to stop), in one all-reduce.
+
+    Under DDP all ranks must skip a batch together, and stop after the same batch.
+    """
+    flags = torch.tensor([float(torch.isfinite(loss.detach()).all()), -float(preemption.raised)])
     if world_size > 1:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item() > 0)
+        flags = flags.to(loss.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    return bool(flags[0].item() > 0), bool(flags[1].item() < 0)
 
 
 class TrainingState:
@@ -212,6 +223,7 @@ class TrainingState:
         tb_writer,
         records: TrainingRecords,
         loss_config: LossConfig,
+        preemption: PreemptionFlag,
     ):
         self.params = params
         self.model = model
@@ -226,11 +238,21 @@ class TrainingState:
         self.tb_writer = tb_writer
         self.records = records
         self.loss_config = loss_config
+        self.preemption = preemption
 
     def save(self, filename: Path, sampler) -> None:
         """Everything needed to resume (rank 0 writes; the sampler's own state is informational:
-        a resume positions a fresh sampler from `cur_epoch` and `batches_in_epoch`)."""
+        a resume positions a fresh sampler from `cur_epoch` and `batches_in_epoch`).
+
+        Every rank must call it: under DDP each rank's generator and adaptive states are
+        gathered, so that every rank of a resumed run continues as it would have.
+        """
         self.params.adaptive_module_state = unwrap_model(self.model).adaptive_state()
+        if self.world_size > 1:
+            mine = {"rng_state": get_rng_state(), "adaptive_module_state": self.params.adaptive_module_state}
+            gathered: List[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, mine)
+            self.params.rank_states = gathered
         save_checkpoint(
             filename,
             model=self.model,
@@ -292,7 +314,8 @@ def train_one_epoch(
         with autocast_context(params, state.device):
             loss, info = compute_loss(params, model, state.tokenizer, batch, state.device, state.loss_config)
 
-        if not all_ranks_finite(loss, state.world_size):
+        finite, preempted = agree_on_batch(loss, state.world_size, state.preemption)
+        if not finite:
             skipped += 1
             consecutive_bad += 1
             logging.warning(
@@ -318,6 +341,8 @@ def train_one_epoch(
                     f"The batch is in {dump} and the model in {bad_model}. Check those cuts, lower --base-lr, "
                     f"or train without --use-fp16 (--max-bad-batches sets this limit)."
                 )
+            if preempted:
+                stop_for_preemption(state, sampler)
             continue
         consecutive_bad = 0
         params.batch_idx_train += 1
@@ -366,9 +391,30 @@ def train_one_epoch(
                 info.write_summary(state.tb_writer, "train/current_", params.batch_idx_train)
                 tot.write_summary(state.tb_writer, "train/tot_", params.batch_idx_train)
 
+        if preempted:
+            stop_for_preemption(state, sampler)
+
     if skipped:
         logging.warning(f"Epoch {params.cur_epoch}: skipped {skipped} batches with an inf/NaN loss")
     return tot
+
+
+def stop_for_preemption(state: TrainingState, sampler) -> None:
+    """Write the checkpoint of the batch just finished (unless it was just written) and raise
+    :class:`Preempted`."""
+    params = state.params
+    filename = params.exp_dir / f"checkpoint-{params.batch_idx_train}.pt"
+    if params.batch_idx_train % params.save_every_n != 0:
+        state.save(filename, sampler)
+    cause = state.preemption.name if state.preemption.raised else "another rank's signal"
+    logging.info(
+        f"Stopping on {cause} after "
+        f"batch {params.batches_in_epoch} of epoch {params.cur_epoch} (global {params.batch_idx_train}): "
+        f"{filename.name} holds the state; resume with --start-batch -1"
+    )
+    state.records.write("preempted", epoch=params.cur_epoch, batch=params.batches_in_epoch,
+                        **{"global": params.batch_idx_train}, checkpoint=str(filename))
+    raise Preempted(filename)
 
 
 def end_of_epoch(state: TrainingState, tot: MetricsTracker, valid_dl) -> None:
@@ -402,7 +448,18 @@ def end_of_epoch(state: TrainingState, tot: MetricsTracker, valid_dl) -> None:
 
 
 def run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) -> None:
-    """One training process (rank `rank` of `world_size`)."""
+    """One training process (rank `rank` of `world_size`); SIGTERM/SIGUSR1 stop it at the next
+    batch boundary with a checkpoint (preemption.py)."""
+    with PreemptionFlag() as preemption:
+        try:
+            _train(rank, world_size, args, recipe, preemption)
+        except Exception as e:
+            # In this rank's log too: under DDP the launcher reports only the first rank to fail.
+            logging.error(f"Rank {rank} of {world_size} stops: {type(e).__name__}: {e}")
+            raise
+
+
+def _train(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe, preemption: PreemptionFlag) -> None:
     params = get_params()
     params.update(vars(args))
     if world_size > 1:
@@ -452,7 +509,7 @@ def run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) ->
     optimizer = ScaledAdam(model.named_parameters(), lr=params.base_lr, clipping_scale=2.0)
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, warmup_batches=params.warmup_batches)
     scaler = torch.amp.GradScaler(device.type, enabled=params.use_fp16, init_scale=1.0)
-    saved = resume(params, model, model_avg, optimizer, scheduler, scaler, tokenizer, model_config)
+    saved = resume(params, model, model_avg, optimizer, scheduler, scaler, tokenizer, model_config, rank, world_size)
     mid_epoch = saved is not None and params.start_batch != 0
     if world_size > 1:
         model = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None, find_unused_parameters=True)
@@ -475,14 +532,16 @@ def run(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe) ->
     tb_writer = get_tensorboard_writer(params.exp_dir / "tensorboard") if params.tensorboard and rank == 0 else None
     state = TrainingState(
         params, model, model_avg, optimizer, scheduler, scaler, tokenizer, device, rank, world_size, tb_writer,
-        records, loss_config,
+        records, loss_config, preemption,
     )
     try:
         train_epochs(state, train_dl, valid_dl, saved if mid_epoch else None, epoch_audio_seconds)
+        logging.info("Done!")
+    except Preempted:
+        pass
     finally:
         if tb_writer is not None:
             tb_writer.close()
-    logging.info("Done!")
     if world_size > 1:
         dist.barrier()
         cleanup_dist()
@@ -515,7 +574,7 @@ def train_epochs(
         if continuing:
             # After iter(): creating a DataLoader iterator draws a seed from the global generator,
             # which the original run did at the start of the epoch, not here.
-            set_rng_state(mid_epoch_checkpoint["rng_state"])
+            set_rng_state(own_rank_state(mid_epoch_checkpoint, state.rank, state.world_size)["rng_state"])
         tot = train_one_epoch(state, batches, train_dl.sampler, epoch_audio_seconds, skipped_seconds)
         params.batches_in_epoch = 0
         end_of_epoch(state, tot, valid_dl)
@@ -562,6 +621,7 @@ def launch(args: argparse.Namespace, recipe: Recipe) -> None:
     if is_torchrun():
         run(int(os.environ["RANK"]), get_world_size(), args, recipe)
     elif args.world_size > 1:
+        ignore_in_launcher()
         mp.spawn(run, args=(args.world_size, args, recipe), nprocs=args.world_size, join=True)
     else:
         run(rank=0, world_size=1, args=args, recipe=recipe)

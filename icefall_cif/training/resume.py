@@ -68,6 +68,8 @@ def resume(
     scaler: torch.amp.GradScaler,
     tokenizer: Tokenizer,
     model_config: Any,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Optional[Dict[str, Any]]:
     """Load the checkpoint to resume from, if any, into the training objects; return its contents.
 
@@ -92,7 +94,7 @@ def resume(
             f"with ({differences or f'see the Options line of {params.exp_dir}/log/log-train-*'}). "
             f"Details: {str(e)[:400]}"
         ) from None
-    model.load_adaptive_state(saved.get("adaptive_module_state", {}))
+    model.load_adaptive_state(own_rank_state(saved, rank, world_size).get("adaptive_module_state", {}))
     for key in ("batch_idx_train", "best_train_loss", "best_valid_loss", "best_train_epoch", "best_valid_epoch"):
         if key in saved:
             params[key] = saved[key]
@@ -101,6 +103,21 @@ def resume(
         params.batches_in_epoch = saved.get("batches_in_epoch", 0)
     else:
         params.batches_in_epoch = 0
+    return saved
+
+
+def own_rank_state(saved: Dict[str, Any], rank: int, world_size: int) -> Dict[str, Any]:
+    """This rank's `rng_state` and `adaptive_module_state` in a checkpoint.
+
+    A DDP run saves every rank's (`rank_states`); a checkpoint of a single process, or of another
+    number of ranks, gives every rank rank 0's, as it always did.
+    """
+    per_rank = saved.get("rank_states")
+    if per_rank is not None and len(per_rank) == world_size:
+        return per_rank[rank]
+    if per_rank is not None:
+        logging.warning(f"The checkpoint has the states of {len(per_rank)} ranks, this run has {world_size}: every "
+                        f"rank starts from rank 0's random generators")
     return saved
 
 
