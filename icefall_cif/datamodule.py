@@ -40,6 +40,36 @@ from icefall_cif.utils import str2bool
 FRAME_SHIFT = 0.01
 
 
+class ManifestError(ValueError):
+    """A cut manifest that cannot be read: truncated, not a manifest, or missing fields."""
+
+
+class CheckedManifest(Dillable):
+    """A lazily read cut manifest whose read errors name the file and the cut, and say what to do.
+
+    Lhotse reads a lazy manifest line by line wherever it is iterated (the sampler, a sum over
+    durations), so a truncated `.jsonl.gz` or a cut missing a field would otherwise fail deep
+    inside a sampler with a bare `EOFError` or `KeyError`.
+    """
+
+    def __init__(self, path: Path, corpus: str):
+        self.path = Path(path)
+        self.corpus = corpus
+
+    def __iter__(self) -> Iterator[Cut]:
+        count = 0
+        try:
+            for cut in load_manifest_lazy(self.path):
+                count += 1
+                yield cut
+        except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ManifestError(
+                f"{self.path}: cannot read cut {count + 1} ({type(e).__name__}: {e}). The file is truncated or "
+                f"was not written by prepare.sh: re-create it with `./prepare.sh --stage 2 --stop-stage 2` in "
+                f"egs/{self.corpus}/ASR after removing the stage's done-marker data/fbank/.{self.corpus}.done."
+            ) from None
+
+
 class _SeedWorkers:
     """Gives each DataLoader worker its own deterministic seed (augmentation randomness)."""
 
@@ -370,7 +400,7 @@ class AsrDataModule:
                 f"egs/{self.corpus}/ASR (after stages 0-1), or point --manifest-dir at the directory that has it."
             )
         logging.info(f"Loading cuts from {path}")
-        return load_manifest_lazy(path)
+        return CutSet(CheckedManifest(path, self.corpus))
 
     def train_cuts(self) -> CutSet:
         return self.load_cuts(CORPORA[self.corpus].splits["train"])

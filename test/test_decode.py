@@ -10,7 +10,8 @@ What is checked:
   computation from the raw checkpoints gives;
 - the model is rebuilt from the checkpoint's saved config with no model options; a given model
   option that contradicts it is an error naming both values (and the CLI exits non-zero);
-  checkpoints saved without a config decode when the options are given;
+  checkpoints saved without a config decode from the training options saved with them, or from
+  the options given;
 - bad input (too large --avg, missing checkpoints or test manifest, another vocabulary, a method
   the decoder type lacks) fails with an error naming the option to change;
 - `--lm-scale` is the LM fusion weight (0 reproduces plain beam search);
@@ -30,6 +31,7 @@ import pytest
 import torch
 
 from icefall_cif.checkpoint import find_checkpoints
+from icefall_cif.config import config_fields
 from icefall_cif.decode import loop
 from icefall_cif.utils import AttributeDict
 
@@ -238,18 +240,27 @@ def test_decode_rebuilds_the_model_from_the_checkpoint(tiny_model: TrainedModel,
     # An inference-only option may differ from training.
     decode_in_process(base + ["--tail-threshold", "0.3"], corpus)
 
-    # A checkpoint from before the config was saved: decoded with the options given, else a clear error.
-    old = tmp_path / "old"
-    old.mkdir()
+    # A checkpoint from before the config was saved: rebuilt from the training options next to
+    # the weights; with those gone too, from the options given, else a clear error.
+    from recipe import RECIPE
+
     saved = load(exp / "epoch-2.pt")
     del saved["model_config"], saved["token_table"]
-    torch.save(saved, old / "epoch-2.pt")
-    old_base = decode_options(tiny_model, old, "--epoch", "2", "--avg", "1", "--use-averaged-model", "0")
-    with pytest.raises(ValueError, match=r"saved without their model config: pass the model options"):
-        decode_in_process(old_base, corpus)
-    assert decode_in_process(old_base + tiny_model.model_options, corpus) == rates
-    for t in TEST_SETS:
-        assert read_recogs(old / "greedy_search" / f"recogs-{t}-{suffix}.txt") == recogs[t]
+    for name, strip_options in (("old", False), ("bare", True)):
+        old = tmp_path / name
+        old.mkdir()
+        if strip_options:
+            saved = {k: v for k, v in saved.items() if k not in config_fields(RECIPE.model_config)}
+        torch.save(saved, old / "epoch-2.pt")
+        old_base = decode_options(tiny_model, old, "--epoch", "2", "--avg", "1", "--use-averaged-model", "0")
+        if strip_options:
+            with pytest.raises(ValueError, match=r"saved without their model config or training options: pass the "
+                                                 r"model options"):
+                decode_in_process(old_base, corpus)
+            old_base += tiny_model.model_options
+        assert decode_in_process(old_base, corpus) == rates
+        for t in TEST_SETS:
+            assert read_recogs(old / "greedy_search" / f"recogs-{t}-{suffix}.txt") == recogs[t]
 
 
 def test_lm_scale_is_the_fusion_weight(tiny_model: TrainedModel, ngram_lm: Path, tmp_path):

@@ -54,8 +54,15 @@ def _wav_declared_frames(path: Path) -> Optional[int]:
     return n
 
 
+#: What the recipes' features are computed for (80-dim fbank of 16 kHz mono speech).
+SAMPLE_RATE = 16000
+
+
 def check_audio(path: Path) -> Optional[str]:
     """Why the audio file cannot be used, or None when it is fine.
+
+    Besides unreadable, empty and truncated files, audio that is not 16 kHz mono is refused
+    (with the sox command that converts it): the fbank front end and the models assume it.
 
     Reads the header and decodes the last 10 ms, which catches unreadable files and truncated
     FLAC without decoding everything; for WAV the header's declared length is compared with the
@@ -69,6 +76,11 @@ def check_audio(path: Path) -> Optional[str]:
         return f"unreadable audio ({e})"
     if info.frames <= 0:
         return "empty audio (0 samples)"
+    if info.samplerate != SAMPLE_RATE:
+        return (f"{info.samplerate} Hz audio, the recipe expects {SAMPLE_RATE} Hz: resample it, e.g. "
+                f"`sox IN -r {SAMPLE_RATE} OUT`")
+    if info.channels != 1:
+        return f"{info.channels}-channel audio, the recipe expects mono: downmix it, e.g. `sox IN -c 1 OUT`"
     if path.suffix.lower() == ".wav":
         declared = _wav_declared_frames(path)
         if declared is not None and declared != info.frames:

@@ -8,7 +8,8 @@ to `rtf-<test-set>-...txt` next to them.
 The model is rebuilt from the architecture saved in the checkpoint (`model_config`), so decoding
 needs no model options. A model option given anyway must agree with the checkpoint (options
 marked as inference-only, such as `--tail-threshold`, may change it). Checkpoints from before the
-config was saved are decoded with the model options given here (defaults otherwise).
+config was saved are rebuilt from the training options saved next to the weights, and files that
+have neither from the model options given here (defaults otherwise).
 """
 import argparse
 import dataclasses
@@ -206,13 +207,18 @@ def model_config_for_decoding(recipe: Recipe, params: AttributeDict, trained: Di
     cls = recipe.model_config
     fields = config_fields(cls)
     given = {name: params[name] for name in fields if params.get(name) is not None}
-    if "model_config" not in trained:
-        logging.info(f"{params.exp_dir}: checkpoint without a saved model config; building the model from the "
-                     f"options given here: {given}")
-        return dataclasses.replace(
-            config_from_options(cls, given), vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id
+    if "model_config" in trained:
+        config = config_from_dict(cls, trained["model_config"], f"The checkpoint in {params.exp_dir}")
+    else:
+        # Checkpoints from before the config was saved hold train.py's options at the top level.
+        options = {name: trained[name] for name in fields if name in trained}
+        if not options:
+            logging.info(f"{params.exp_dir}: the checkpoint holds no model config or training options; building "
+                         f"the model from the options given here: {given}")
+            options = given
+        config = dataclasses.replace(
+            config_from_options(cls, options), vocab_size=tokenizer.vocab_size, blank_id=tokenizer.blank_id
         )
-    config = config_from_dict(cls, trained["model_config"], f"The checkpoint in {params.exp_dir}")
     conflicts, overrides = [], {}
     for name, value in given.items():
         saved = getattr(config, name)
@@ -240,7 +246,7 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], params: Attri
     except RuntimeError as e:
         raise ValueError(
             f"The checkpoints in {params.exp_dir} do not fit the model built from the options given here. "
-            f"They were saved without their model config: pass the model options (--encoder-config, "
+            f"They were saved without their model config or training options: pass the model options (--encoder-config, "
             f"--decoder-type, ...) train.py used; see the 'Options' line of {params.exp_dir}/log/log-train-*. "
             f"Details: {str(e)[:300]}"
         ) from None
