@@ -109,7 +109,13 @@ class Tokenizer:
             import sentencepiece as spm
 
             sp = spm.SentencePieceProcessor()
-            sp.load(str(bpe_model))
+            try:
+                sp.load(str(bpe_model))
+            except (OSError, RuntimeError) as e:
+                raise ValueError(
+                    f"{bpe_model} is not a sentencepiece model ({str(e).splitlines()[0][:200]}); delete {lang_dir} "
+                    "and re-create it with `./prepare.sh --stage 3 --stop-stage 3`"
+                ) from None
             id2token = {i: sp.id_to_piece(i) for i in range(sp.get_piece_size())}
             for idx, sym in enumerate(SPECIAL_SYMBOLS):
                 if id2token.get(idx) != sym:

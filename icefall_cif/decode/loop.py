@@ -280,12 +280,14 @@ def decode_dataset(
       the audio duration (s).
     """
     results = []
+    seen = set()
     decode_seconds = audio_seconds = 0.0
     plots_left = params.num_plots if plot_dir is not None else 0
     for batch in tqdm(dl, desc="decoding", unit="batch", leave=False):
         feature = batch["inputs"].to(device)
         sup = batch["supervisions"]
         feature_lens = sup["num_frames"].to(device)
+        check_decoding_batch(batch, seen)
         t0 = time.perf_counter()
         encoder_out, encoder_out_lens = model.forward_encoder(feature, feature_lens)
         hyps = decode_batch(params.decoding_method, model, encoder_out, encoder_out_lens, params, lm=lm)
@@ -300,6 +302,30 @@ def decode_dataset(
             written = plot_cif_batch(model, tokenizer, encoder_out, encoder_out_lens, cut_ids, plot_dir, plots_left)
             plots_left -= len(written)
     return results, decode_seconds, audio_seconds
+
+
+def check_decoding_batch(batch: Dict[str, Any], seen: set) -> None:
+    """Refuse what would silently corrupt the scores: non-finite features, a cut id seen twice.
+
+    Args:
+      batch: `inputs` (N, T, F) and `supervisions` with `cut`; seen: the ids decoded so far (updated).
+    """
+    cuts = batch["supervisions"]["cut"]
+    finite = torch.isfinite(batch["inputs"]).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        bad = [c for c, ok in zip(cuts, finite.tolist()) if not ok]
+        where = sorted({str(c.features.storage_path) for c in bad if c.has_features})
+        raise ValueError(
+            f"Cuts {[c.id for c in bad]} have NaN/inf feature values (feature storage {where}); re-create the "
+            f"features with prepare.sh stage 2 (remove data/fbank/.<corpus>.done first)"
+        )
+    for cut in cuts:
+        if cut.id in seen:
+            raise ValueError(
+                f"Cut id {cut.id!r} appears twice in the test set: its results would be scored twice. Remove the "
+                f"duplicate from the manifest (e.g. lhotse's CutSet.from_cuts refuses duplicates)"
+            )
+        seen.add(cut.id)
 
 
 def load_lm(params: AttributeDict, device: torch.device):
