@@ -392,3 +392,43 @@ def save_results(
         lines.append(f"{key}\t{rate}" + (f"\tbest for {test_set_name}" if i == 0 else ""))
     logging.info("\n".join(lines))
     return rates
+
+
+def fire_count_summary(differences: Sequence[int]) -> Dict[str, float]:
+    """How far the CIF layer's fire counts are from the reference token counts.
+
+    Args:
+      differences: per utterance, (number of CIF vectors at inference) - (reference tokens).
+    Returns:
+      {"utterances", "mean" (signed), "mean_abs", "exact" (fraction with difference 0)}.
+    """
+    n = len(differences)
+    if n == 0:
+        return {"utterances": 0, "mean": float("nan"), "mean_abs": float("nan"), "exact": float("nan")}
+    return {
+        "utterances": n,
+        "mean": sum(differences) / n,
+        "mean_abs": sum(abs(d) for d in differences) / n,
+        "exact": sum(d == 0 for d in differences) / n,
+    }
+
+
+def write_fire_counts(filename: Pathlike, differences: Sequence[int]) -> Dict[str, float]:
+    """Write the summary and the histogram of (fires - reference tokens) to `filename`.
+
+    The file: one summary line, then `difference<TAB>utterances` lines in increasing order.
+    Returns the summary (:func:`fire_count_summary`).
+    """
+    summary = fire_count_summary(differences)
+    histogram: Dict[int, int] = defaultdict(int)
+    for d in differences:
+        histogram[d] += 1
+    with open(filename, "w", encoding="utf-8") as f:
+        f.write(
+            f"CIF fires - reference tokens over {summary['utterances']} utterances: mean {summary['mean']:+.3f}, "
+            f"mean |.| {summary['mean_abs']:.3f}, exact {100 * summary['exact']:.1f}%\n"
+        )
+        f.write("difference\tutterances\n")
+        for d in sorted(histogram):
+            f.write(f"{d:+d}\t{histogram[d]}\n")
+    return summary

@@ -127,6 +127,10 @@ def test_decode_cli_writes_icefall_result_files(tiny_model: TrainedModel, tmp_pa
         rtf_line = re.search(rf"{test_set}: WER {rate:.2f}% over \d+ utterances, RTF ([0-9.]+) \(", log)
         assert rtf_line and 0 < float(rtf_line.group(1)) < 10
         assert (res / f"rtf-{test_set}-greedy_search-{suffix}.txt").read_text().startswith(f"{test_set}: WER")
+        # The fire-count histogram covers every utterance once.
+        fires = (res / f"fires-{test_set}-{suffix}.txt").read_text().splitlines()
+        assert fires[0].startswith(f"CIF fires - reference tokens over {len(recogs)} utterances")
+        assert sum(int(line.split("\t")[1]) for line in fires[2:]) == len(recogs)
 
         plots = sorted((res / f"cif-plots-{test_set}").glob("*.png"))
         assert len(plots) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)

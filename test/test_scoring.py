@@ -229,3 +229,17 @@ def test_reader_and_input_errors(tmp_path):
         write_error_stats(io.StringIO(), "x", [("u", "A B", "A")], enable_log=False)
     with pytest.raises(ValueError, match="no words"):
         write_error_stats(io.StringIO(), "x", [("u", [], ["A"])], enable_log=False)
+
+
+def test_fire_count_summary_and_file(tmp_path):
+    from icefall_cif.scoring import fire_count_summary, write_fire_counts
+
+    diffs = [0, -1, -1, 2, 0, -3]
+    summary = write_fire_counts(tmp_path / "fires.txt", diffs)
+    assert summary == fire_count_summary(diffs)
+    assert summary["utterances"] == 6 and summary["exact"] == pytest.approx(2 / 6)
+    assert summary["mean"] == pytest.approx(-0.5) and summary["mean_abs"] == pytest.approx(7 / 6)
+    lines = (tmp_path / "fires.txt").read_text().splitlines()
+    assert lines[0] == "CIF fires - reference tokens over 6 utterances: mean -0.500, mean |.| 1.167, exact 33.3%"
+    assert lines[2:] == ["-3\t1", "-1\t2", "+0\t2", "+2\t1"]
+    assert fire_count_summary([])["utterances"] == 0

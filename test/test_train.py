@@ -116,6 +116,9 @@ def test_single_process_run_writes_icefall_outputs(tiny_model: TrainedModel):
     valid = records(exp, "valid")
     assert [r["epoch"] for r in valid] == [1, 2]
     assert all(r["metric"] == "WER" and 0 <= r["error_rate"] and r["loss"]["loss"] > 0 for r in valid)
+    # How far the inference-time fire count is from the reference token count, per utterance.
+    for r in valid:
+        assert 0 <= r["loss"]["fires_exact"] <= 1 and r["loss"]["fire_abs_error"] >= abs(r["loss"]["fire_error"])
 
     ckpt = load(exp / "epoch-2.pt")
     assert ckpt["cur_epoch"] == 2 and ckpt["vocab_size"] == 64 and ckpt["batches_in_epoch"] == 0

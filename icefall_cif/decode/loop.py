@@ -35,7 +35,7 @@ from icefall_cif.datamodule import AsrDataModule
 from icefall_cif.decode.search import decode_batch
 from icefall_cif.model_contract import check_model, decoding_methods
 from icefall_cif.recipe import Recipe
-from icefall_cif.scoring import save_results
+from icefall_cif.scoring import save_results, write_fire_counts
 from icefall_cif.tokenizer import Tokenizer, check_token_table
 from icefall_cif.utils import AttributeDict, set_num_threads, setup_logger, str2bool
 
@@ -272,14 +272,14 @@ def decode_dataset(
     device: torch.device,
     lm: Optional[Any] = None,
     plot_dir: Optional[Path] = None,
-) -> Tuple[List[Tuple[str, List[str], List[str]]], float, float]:
+) -> Tuple[List[Tuple[str, List[str], List[str]]], float, float, List[int]]:
     """Decode every batch of `dl` (batches of `inputs` (N, T, 80) and `supervisions` with cuts).
 
     Returns:
       (cut_id, ref units, hyp units) per utterance; the decoding wall time (s, encoder + search);
-      the audio duration (s).
+      the audio duration (s); per utterance, CIF fires at inference minus reference tokens.
     """
-    results = []
+    results, fire_differences = [], []
     seen = set()
     decode_seconds = audio_seconds = 0.0
     plots_left = params.num_plots if plot_dir is not None else 0
@@ -293,6 +293,8 @@ def decode_dataset(
         hyps = decode_batch(params.decoding_method, model, encoder_out, encoder_out_lens, params, lm=lm)
         decode_seconds += time.perf_counter() - t0
         audio_seconds += float(sup["num_frames"].sum()) / 100.0
+        fires = model.forward_cif(encoder_out, encoder_out_lens).cif_lens.tolist()
+        fire_differences += [n - len(t) for n, t in zip(fires, tokenizer.encode(sup["text"]))]
         cut_ids = [c.id for c in sup["cut"]]
         for cut_id, ref_text, hyp_ids in zip(cut_ids, sup["text"], hyps):
             results.append((cut_id, tokenizer.text_units(ref_text), tokenizer.text_units(tokenizer.decode(hyp_ids))))
@@ -301,7 +303,7 @@ def decode_dataset(
 
             written = plot_cif_batch(model, tokenizer, encoder_out, encoder_out_lens, cut_ids, plot_dir, plots_left)
             plots_left -= len(written)
-    return results, decode_seconds, audio_seconds
+    return results, decode_seconds, audio_seconds, fire_differences
 
 
 def check_decoding_batch(batch: Dict[str, Any], seen: set) -> None:
@@ -405,7 +407,9 @@ def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
     for name in recipe.test_sets:
         dl = datamodule.test_dataloaders(datamodule.load_cuts(name))
         plot_dir = params.res_dir / f"cif-plots-{name}" if params.num_plots > 0 else None
-        results, decode_seconds, audio_seconds = decode_dataset(dl, params, model, tokenizer, device, lm, plot_dir)
+        results, decode_seconds, audio_seconds, fire_differences = decode_dataset(
+            dl, params, model, tokenizer, device, lm, plot_dir
+        )
         rates = save_results(
             params.res_dir,
             name,
@@ -422,5 +426,8 @@ def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
         )
         logging.info(message)
         (params.res_dir / f"rtf-{name}-{key}-{suffix}.txt").write_text(message + "\n")
+        fires = write_fire_counts(params.res_dir / f"fires-{name}-{suffix}.txt", fire_differences)
+        logging.info(f"{name}: CIF fires - reference tokens: mean {fires['mean']:+.3f}, mean |.| "
+                     f"{fires['mean_abs']:.3f}, exact {100 * fires['exact']:.1f}% of {fires['utterances']} utterances")
     logging.info("Done!")
     return error_rates

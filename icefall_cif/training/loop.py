@@ -140,6 +140,7 @@ def validate(
     model.eval()
     tot = MetricsTracker()
     errors = ref_units = 0
+    fire_error = fire_abs_error = fires_exact = 0.0
     for batch in valid_dl:
         with autocast_context(params, device):
             _, info = compute_loss(params, model, tokenizer, batch, device, loss_config)
@@ -149,8 +150,13 @@ def validate(
             feature = batch["inputs"].to(device)
             lens = batch["supervisions"]["num_frames"].to(device)
             encoder_out, encoder_out_lens = inner.forward_encoder(feature, lens)
-            hyps = greedy_search(inner, encoder_out, encoder_out_lens)
-            for ref_text, hyp_ids in zip(batch["supervisions"]["text"], hyps):
+            result = greedy_search(inner, encoder_out, encoder_out_lens, return_timestamps=True)
+            num_tokens = torch.tensor([len(t) for t in tokenizer.encode(batch["supervisions"]["text"])])
+            diff = result.cif_lens.cpu() - num_tokens
+            fire_error += float(diff.sum())
+            fire_abs_error += float(diff.abs().sum())
+            fires_exact += float((diff == 0).sum())
+            for ref_text, hyp_ids in zip(batch["supervisions"]["text"], result.hyps):
                 ref = tokenizer.text_units(ref_text)
                 hyp = tokenizer.text_units(tokenizer.decode(hyp_ids))
                 errors += kaldialign.edit_distance(ref, hyp)["total"]
@@ -158,6 +164,12 @@ def validate(
     if params.valid_decode:
         tot["errors"] = float(errors)
         tot["ref_units"] = float(ref_units)
+        # CIF fires at inference minus reference tokens, per utterance: how well the fire count
+        # the quantity loss trains transfers to inference.
+        for name, value in (("fire_error", fire_error), ("fire_abs_error", fire_abs_error),
+                            ("fires_exact", fires_exact)):
+            tot[name] = value
+            tot.normalizers[name] = "utterances"
     if world_size > 1:
         tot.reduce(device)
     model.train()
