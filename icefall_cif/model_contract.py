@@ -32,6 +32,10 @@ from icefall_cif.config import LossConfig
 
 #: The CTC head's methods: every model has the auxiliary CTC head.
 CTC_METHODS: Tuple[str, ...] = ("ctc_greedy_search", "ctc_prefix_beam_search")
+#: The head's beam n-best rescored with the CTC head's log-likelihood (`--ctc-weight`).
+JOINT_BEAM_METHOD = "joint_beam_search"
+#: The CTC head's prefix-beam n-best rescored by the CIF decoder (heads that score any sequence).
+CIF_RESCORING_METHOD = "cif_rescoring"
 
 
 class DecoderHead(nn.Module, ABC):
@@ -47,6 +51,20 @@ class DecoderHead(nn.Module, ABC):
     loss_names: ClassVar[Tuple[str, ...]]
     blank_id: int
     vocab_size: int
+    #: Whether :meth:`sequence_log_probs` scores token sequences of any length over the same CIF
+    #: vectors (a transducer can; a CE head emits exactly one token per vector).
+    scores_any_length: ClassVar[bool] = False
+
+    def sequence_log_probs(
+        self, cif: torch.Tensor, cif_lens: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """(N,) log p(y_i | CIF vectors of utterance i), for heads with :attr:`scores_any_length`.
+
+        Args:
+          cif: (N, U', C) CIF vectors at inference; cif_lens (N,).
+          y_padded: (N, U) token ids padded with blank; y_lens (N,).
+        """
+        raise NotImplementedError(f"the {self.name} head does not score sequences of any length")
 
     @abstractmethod
     def loss(
@@ -182,8 +200,10 @@ def _protocol_members() -> Sequence[str]:
 
 
 def decoding_methods(model: CifModel) -> List[str]:
-    """The `--decoding-method` names that apply to `model`: greedy, its head's beams, the CTC head's."""
-    return ["greedy_search", *model.head.beam_methods, *CTC_METHODS]
+    """The `--decoding-method` names that apply to `model`: greedy, its head's beams, the joint
+    CIF + CTC methods, the CTC head's."""
+    joint = [JOINT_BEAM_METHOD] + ([CIF_RESCORING_METHOD] if model.head.scores_any_length else [])
+    return ["greedy_search", *model.head.beam_methods, *joint, *CTC_METHODS]
 
 
 def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> Dict[str, float]:

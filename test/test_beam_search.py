@@ -26,7 +26,8 @@ from helpers_decode import FixedCifModel, build_tiny_model, cached_overfit_model
 from icefall_cif.decode.beam_search import lm_hypothesis_scores
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import greedy_search
-from icefall_cif.decode.search import beam_search, decode_batch
+from icefall_cif.decode.rescoring import cif_log_likelihoods, ctc_log_likelihoods
+from icefall_cif.decode.search import beam_search, decode_batch, is_beam_method
 from icefall_cif.lm import NgramLm, RnnLm, estimate_kneser_ney, train_rnn_lm
 from icefall_cif.model_contract import check_model, decoding_methods
 from icefall_cif.utils import AttributeDict
@@ -81,7 +82,7 @@ def test_every_method_decodes_the_overfit_references(decoder_type, reference_lms
             lm = reference_lms[lm_name] if lm_name else None
             hyps = decode_batch(method, fit.model, fit.encoder_out, fit.encoder_out_lens, params(), lm=lm)
             assert hyps == fit.refs, (method, lm_name)
-        if "beam" in method:
+        if is_beam_method(method):
             for lm_name, lm in reference_lms.items():
                 hyps = decode_batch(method, fit.model, fit.encoder_out, fit.encoder_out_lens,
                                     params(nbest_scale=0.5), lm=lm)
@@ -438,6 +439,77 @@ def brute_force_ctc(log_probs: torch.Tensor, blank: int = 0) -> Dict[Tuple[int, 
         old = out.get(label, NEG_INF)
         out[label] = max(old, lp) + math.log1p(math.exp(-abs(old - lp))) if old > NEG_INF else lp
     return out
+
+
+# ---------------------------------------------------------------------- joint CIF + CTC
+def naive_rnnt_log_prob(head, cif: torch.Tensor, y: List[int]) -> float:
+    """log p(y | cif (T, C)) by the RNN-T forward recursion over every alignment, float64."""
+    blank = head.blank_id
+    dec = head.decoder(torch.tensor([[blank] + y]))[0]  # (U+1, D), training's left context
+    lp = head.joiner(cif.unsqueeze(1), dec.unsqueeze(0)).double().log_softmax(dim=-1)  # (T, U+1, V)
+    T, U = cif.size(0), len(y)
+    alpha = [[NEG_INF] * (U + 1) for _ in range(T)]
+    alpha[0][0] = 0.0
+    for t in range(T):
+        for u in range(U + 1):
+            terms = [alpha[t][u]] if (t, u) == (0, 0) else []
+            if t > 0:
+                terms.append(alpha[t - 1][u] + float(lp[t - 1, u, blank]))
+            if u > 0:
+                terms.append(alpha[t][u - 1] + float(lp[t, u - 1, y[u - 1]]))
+            alpha[t][u] = float(torch.logsumexp(torch.tensor(terms, dtype=torch.float64), 0))
+    return alpha[T - 1][U] + float(lp[T - 1, U, blank])
+
+
+def test_cif_and_ctc_log_likelihoods_equal_naive_references():
+    model = fixed_cif_transducer(10, [4, 2], seed=6)
+    seqs, utts = [[3, 4], [], [5, 5, 6, 7, 8], [9]], [0, 0, 0, 1]
+    with torch.no_grad():
+        got = cif_log_likelihoods(model, None, None, seqs, utts)
+        for (y, i), score in zip(zip(seqs, utts), got.tolist()):
+            n = int(model.cif_lens[i])
+            assert score == pytest.approx(naive_rnnt_log_prob(model.head, model.cif[i, :n], y), rel=1e-9), y
+
+    tiny = build_tiny_model("cif_ce_ar").double()
+    encoder_out, lens = make_encoder_out([4, 3], tiny.encoder_dim, seed=7)
+    with torch.no_grad():
+        log_probs = tiny.ctc_log_probs(encoder_out.double())
+        seqs, utts = [[3], [4, 4], [], [5, 6, 7]], [0, 0, 1, 1]
+        got = ctc_log_likelihoods(tiny, encoder_out.double(), lens, seqs, utts).tolist()
+    for (y, i), score in zip(zip(seqs, utts), got):
+        truth = brute_force_ctc(log_probs[i, : int(lens[i])]).get(tuple(y), NEG_INF)
+        assert score == pytest.approx(truth, rel=1e-9) or score == truth == NEG_INF, y
+
+
+@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+def test_joint_methods_reduce_to_their_parts(decoder_type):
+    torch.manual_seed(8)
+    model = build_tiny_model(decoder_type).double()
+    encoder_out, lens = make_encoder_out([24, 11, 18], model.encoder_dim, seed=8)
+    encoder_out = encoder_out.double()
+    with torch.no_grad():
+        plain = beam_search(model, encoder_out, lens, beam_size=4, max_sym_per_frame=2)
+        joint = decode_batch("joint_beam_search", model, encoder_out, lens, params(max_sym_per_frame=2, ctc_weight=0.0))
+        assert joint == [nbest[0].tokens for nbest in plain]  # --ctc-weight 0: the plain beam search
+        one = decode_batch("joint_beam_search", model, encoder_out, lens, params(max_sym_per_frame=2, num_paths=1))
+        assert one == [nbest[0].tokens for nbest in plain]  # an n-best of one: that hypothesis
+        # A weight large enough makes the CTC log-likelihood decide among the n-best.
+        heavy = decode_batch("joint_beam_search", model, encoder_out, lens, params(max_sym_per_frame=2, ctc_weight=1e6))
+        for i, nbest in enumerate(plain):
+            ctc = ctc_log_likelihoods(model, encoder_out, lens, [h.tokens for h in nbest], [i] * len(nbest)).tolist()
+            assert heavy[i] == nbest[max(range(len(nbest)), key=ctc.__getitem__)].tokens
+
+        if decoder_type != "cif_transducer":
+            assert "cif_rescoring" not in decoding_methods(model)
+            return
+        ctc_nbest = ctc_prefix_beam_search(model.ctc_log_probs(encoder_out), lens, 4, model.blank_id)
+        assert decode_batch("cif_rescoring", model, encoder_out, lens, params(num_paths=1)) == [
+            nbest[0].tokens for nbest in ctc_nbest
+        ]
+        rescored = decode_batch("cif_rescoring", model, encoder_out, lens, params(ctc_weight=0.0))
+        for i, nbest in enumerate(ctc_nbest):
+            cif = cif_log_likelihoods(model, encoder_out, lens, [h.tokens for h in nbest], [i] * len(nbest)).tolist()
+            assert rescored[i] == nbest[max(range(len(nbest)), key=cif.__getitem__)].tokens
 
 
 def test_ctc_prefix_beam_search_equals_brute_force():

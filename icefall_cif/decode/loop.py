@@ -64,8 +64,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
     g.add_argument("--lang-dir", type=Path, default=Path(default_lang_dir))
     g.add_argument("--decoding-method", type=str, default="greedy_search",
                    help="Which search: greedy_search, the CTC head's ctc_greedy_search and ctc_prefix_beam_search, "
-                        "and the decoder head's beam searches (modified_beam_search[_lm_shallow_fusion] for "
-                        "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads).")
+                        "the decoder head's beam searches (modified_beam_search[_lm_shallow_fusion] for "
+                        "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads), and the joint CIF + CTC "
+                        "joint_beam_search (every head) and cif_rescoring (cif_transducer).")
     g.add_argument("--beam-size", type=int, default=4)
     g.add_argument("--max-sym-per-frame", type=int, default=3,
                    help="cif_transducer greedy and beam searches: most symbols per CIF vector. icefall's 1 suits "
@@ -78,7 +79,11 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
                    help="LM weight of *_lm_shallow_fusion (and of n-best rescoring).")
     g.add_argument("--nbest-scale", type=float, default=0.0,
                    help="If > 0, rescore the beam's n-best with the LM weighted by this scale.")
-    g.add_argument("--num-paths", type=int, default=4, help="Size of the n-best list for rescoring.")
+    g.add_argument("--num-paths", type=int, default=4,
+                   help="Size of the n-best list for rescoring (LM rescoring, joint_beam_search, cif_rescoring).")
+    g.add_argument("--ctc-weight", type=float, default=0.5,
+                   help="joint_beam_search and cif_rescoring: weight of the CTC head's log-likelihood next to "
+                        "the CIF decoder's (0 = the CIF decoder alone).")
     g.add_argument("--num-plots", type=int, default=0,
                    help="Write a PNG of the CIF weights, fires and tokens for this many utterances per test set.")
     g.add_argument("--num-threads", type=int, default=1,
@@ -255,9 +260,13 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], params: Attri
 def results_key(params: AttributeDict) -> str:
     """Name of a decoding setting inside the result files, as icefall spells it."""
     method = params.decoding_method
+    if method == "cif_rescoring":
+        return f"cif_rescoring_beam_size_{params.beam_size}_ctc_weight_{params.ctc_weight}"
     if "beam_search" in method:
         key = f"beam_size_{params.beam_size}"
-        if "lm" in method or params.nbest_scale > 0:
+        if method == "joint_beam_search":
+            key += f"_ctc_weight_{params.ctc_weight}"
+        elif "lm" in method or params.nbest_scale > 0:
             key += f"_lm_scale_{params.lm_scale}"
         return key
     return method

@@ -6,6 +6,8 @@ The methods a model offers come from its decoder head (`icefall_cif.model_contra
 | --- | --- |
 | greedy_search | every head |
 | the head's `beam_methods` (e.g. modified_beam_search, beam_search) and their `_lm_shallow_fusion` forms | the head |
+| joint_beam_search (the head's beam n-best + `ctc_weight` x CTC log-likelihood) | every head |
+| cif_rescoring (the CTC prefix-beam n-best rescored by the CIF decoder, see rescoring.py) | heads that score any sequence (cif_transducer) |
 | ctc_greedy_search, ctc_prefix_beam_search | every model (the CTC head) |
 
 With `params.nbest_scale > 0` the n-best of a beam method (`params.num_paths` of them) is
@@ -18,15 +20,17 @@ import torch
 from icefall_cif.decode.beam_search import NBest, best_hyps, rescore_nbest
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import ctc_greedy_search, greedy_search
-from icefall_cif.model_contract import CifModel, decoding_methods
+from icefall_cif.decode.rescoring import rescore_with_cif, rescore_with_ctc
+from icefall_cif.model_contract import CIF_RESCORING_METHOD, JOINT_BEAM_METHOD, CifModel, decoding_methods
 from icefall_cif.utils import AttributeDict
 
-DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3)
+DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3, ctc_weight=0.5)
+JOINT_METHODS = (JOINT_BEAM_METHOD, CIF_RESCORING_METHOD)
 
 
 def is_beam_method(method: str) -> bool:
-    """Whether a method keeps an n-best (so that n-best rescoring applies)."""
-    return "beam_search" in method
+    """Whether a method keeps an n-best (so that n-best LM rescoring applies)."""
+    return "beam_search" in method and method not in JOINT_METHODS
 
 
 @torch.no_grad()
@@ -72,8 +76,8 @@ def decode_batch(
       model: a `CifModel` in eval mode.
       encoder_out: (N, T', C) from `model.forward_encoder`.
       encoder_out_lens: (N,) valid frames.
-      params: options; reads beam_size, lm_scale, nbest_scale, num_paths, max_sym_per_frame
-        (missing ones take DEFAULTS); the blank id is the model's.
+      params: options; reads beam_size, lm_scale, nbest_scale, num_paths, max_sym_per_frame,
+        ctc_weight (missing ones take DEFAULTS); the blank id is the model's.
       lm: an `icefall_cif.lm` LM; needed by *_lm_shallow_fusion and by nbest_scale > 0.
     Returns:
       N token-id lists.
@@ -101,6 +105,17 @@ def decode_batch(
         return greedy_search(model, encoder_out, encoder_out_lens, max_sym_per_frame=opts.max_sym_per_frame)
     if method == "ctc_greedy_search":
         return ctc_greedy_search(model.ctc_log_probs(encoder_out), encoder_out_lens, model.blank_id)
+
+    if method == CIF_RESCORING_METHOD:
+        ctc_nbest = ctc_prefix_beam_search(
+            model.ctc_log_probs(encoder_out), encoder_out_lens, opts.beam_size, model.blank_id
+        )
+        return rescore_with_cif(model, encoder_out, encoder_out_lens, ctc_nbest, opts.ctc_weight, opts.num_paths)
+    if method == JOINT_BEAM_METHOD:
+        nbest = beam_search(
+            model, encoder_out, encoder_out_lens, beam_size=opts.beam_size, max_sym_per_frame=opts.max_sym_per_frame
+        )
+        return rescore_with_ctc(model, encoder_out, encoder_out_lens, nbest, opts.ctc_weight, opts.num_paths)
 
     if method == "ctc_prefix_beam_search":
         nbest = ctc_prefix_beam_search(

@@ -19,7 +19,13 @@ from icefall_cif.config import LossConfig
 from icefall_cif.decode.beam_search import modified_beam_search
 from icefall_cif.decode.greedy import transducer_greedy_search
 from icefall_cif.model_contract import DecoderHead
-from icefall_cif.rnnt_loss import do_rnnt_pruning, get_rnnt_prune_ranges, rnnt_loss_pruned, rnnt_loss_smoothed
+from icefall_cif.rnnt_loss import (
+    do_rnnt_pruning,
+    get_rnnt_prune_ranges,
+    rnnt_loss,
+    rnnt_loss_pruned,
+    rnnt_loss_smoothed,
+)
 
 
 def transducer_loss_scales(batch_idx_train: int, warm_step: int, simple_loss_scale: float) -> Tuple[float, float]:
@@ -45,6 +51,7 @@ class TransducerHead(DecoderHead):
     name = "cif_transducer"
     beam_methods = ("modified_beam_search", "modified_beam_search_lm_shallow_fusion")
     loss_names = ("simple_loss", "pruned_loss")
+    scores_any_length = True
 
     def __init__(self, decoder: Decoder, joiner: Joiner, cif_dim: int, vocab_size: int):
         """
@@ -128,6 +135,20 @@ class TransducerHead(DecoderHead):
                 reduction="sum",
             )
         return {"simple_loss": simple_loss, "pruned_loss": pruned_loss}
+
+    def sequence_log_probs(
+        self, cif: torch.Tensor, cif_lens: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """(N,) log p(y | CIF vectors): the full (unpruned) RNN-T lattice, every alignment summed."""
+        decoder_out = self.decoder(F.pad(y_padded, (1, 0), value=self.blank_id))  # (N, U+1, D)
+        logits = self.joiner(cif.unsqueeze(2), decoder_out.unsqueeze(1))  # (N, T, U+1, V)
+        boundary = torch.zeros(cif.size(0), 4, dtype=torch.int64, device=cif.device)
+        boundary[:, 2] = y_lens
+        boundary[:, 3] = cif_lens
+        with torch.autocast(device_type=cif.device.type, enabled=False):
+            # float32 at least (scores add up over the lattice); float64 stays float64.
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            return -rnnt_loss(logits, y_padded, self.blank_id, boundary=boundary, reduction="none")
 
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:

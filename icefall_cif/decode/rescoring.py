@@ -1,0 +1,106 @@
+"""Joint CIF + CTC decoding: one head's n-best rescored with the other head's log-likelihood.
+
+- `joint_beam_search`: the decoder head's beam search (`--beam-size`, `--max-sym-per-frame`), its
+  n-best rescored as  beam score + ctc_weight * log p_CTC(y). With `--ctc-weight 0` it is the
+  plain beam search.
+- `cif_rescoring` (wenet's attention rescoring for CIF): the CTC head's prefix-beam n-best
+  rescored as  log p_CIF(y) + ctc_weight * log p_CTC(y), where p_CIF sums every alignment of y
+  over the CIF vectors at inference. Only heads that score sequences of any length over the same
+  vectors offer it (the transducer); a CE head emits exactly one token per vector, so its
+  scores of hypotheses of different lengths would not be comparable.
+
+Hypotheses are scored in one batch per utterance batch. The names do not start with `ctc_`:
+only methods that use the CTC head alone do.
+"""
+from typing import List, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from icefall_cif.decode.beam_search import Hypothesis, NBest
+from icefall_cif.model_contract import CifModel
+
+
+def _expand(x: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
+    return x.index_select(0, torch.as_tensor(index, dtype=torch.int64, device=x.device))
+
+
+def _padded(seqs: List[List[int]], pad: int, device: torch.device):
+    width = max((len(s) for s in seqs), default=0)
+    y = torch.full((len(seqs), width), pad, dtype=torch.int64, device=device)
+    for i, s in enumerate(seqs):
+        y[i, : len(s)] = torch.tensor(s, dtype=torch.int64, device=device)
+    return y, torch.tensor([len(s) for s in seqs], dtype=torch.int64, device=device)
+
+
+def ctc_log_likelihoods(
+    model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, seqs: List[List[int]],
+    utt_index: Sequence[int],
+) -> torch.Tensor:
+    """(H,) log p_CTC(seqs[h] | utterance utt_index[h]), -inf where no CTC path exists."""
+    log_probs = _expand(model.ctc_log_probs(encoder_out), utt_index)
+    log_probs = log_probs.to(torch.promote_types(log_probs.dtype, torch.float32))
+    lens = _expand(encoder_out_lens, utt_index)
+    y, y_lens = _padded(seqs, model.blank_id, encoder_out.device)
+    valid = torch.arange(y.size(1), device=y.device) < y_lens.unsqueeze(1)
+    nll = F.ctc_loss(
+        log_probs.permute(1, 0, 2), y[valid].cpu(), lens.cpu(), y_lens.cpu(),
+        blank=model.blank_id, reduction="none", zero_infinity=False,
+    )
+    return -nll.to(torch.float64)
+
+
+def cif_log_likelihoods(
+    model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, seqs: List[List[int]],
+    utt_index: Sequence[int],
+) -> torch.Tensor:
+    """(H,) log p_CIF(seqs[h] | the CIF vectors of utterance utt_index[h] at inference)."""
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
+    y, y_lens = _padded(seqs, model.blank_id, cif_out.cif.device)
+    scores = model.head.sequence_log_probs(_expand(cif_out.cif, utt_index), _expand(cif_out.cif_lens, utt_index),
+                                           y, y_lens)
+    return scores.to(torch.float64)
+
+
+def _flatten(nbest: List[NBest], num_paths: int):
+    kept = [hyps[:num_paths] for hyps in nbest]
+    seqs = [h.tokens for hyps in kept for h in hyps]
+    utt_index = [i for i, hyps in enumerate(kept) for _ in hyps]
+    return kept, seqs, utt_index
+
+
+def _best(kept: List[NBest], totals: List[float]) -> List[List[int]]:
+    out, start = [], 0
+    for hyps in kept:
+        scores = totals[start : start + len(hyps)]
+        start += len(hyps)
+        out.append(hyps[max(range(len(hyps)), key=scores.__getitem__)].tokens if hyps else [])
+    return out
+
+
+def rescore_with_ctc(
+    model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, nbest: List[NBest],
+    ctc_weight: float, num_paths: int,
+) -> List[List[int]]:
+    """`joint_beam_search`'s choice: per utterance, the best of the top `num_paths` hypotheses by
+    beam score + ctc_weight * log p_CTC (ctc_weight 0: the beam's own best)."""
+    kept, seqs, utt_index = _flatten(nbest, num_paths)
+    if not seqs or ctc_weight == 0:
+        return [hyps[0].tokens if hyps else [] for hyps in kept]
+    ctc = ctc_log_likelihoods(model, encoder_out, encoder_out_lens, seqs, utt_index).tolist()
+    flat = [h for hyps in kept for h in hyps]
+    return _best(kept, [h.score + ctc_weight * c for h, c in zip(flat, ctc)])
+
+
+def rescore_with_cif(
+    model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, ctc_nbest: List[NBest],
+    ctc_weight: float, num_paths: int,
+) -> List[List[int]]:
+    """`cif_rescoring`'s choice: per utterance, the best of the top `num_paths` CTC prefix-beam
+    hypotheses by log p_CIF + ctc_weight * (their CTC prefix score)."""
+    kept, seqs, utt_index = _flatten(ctc_nbest, num_paths)
+    if not seqs:
+        return [[] for _ in kept]
+    cif = cif_log_likelihoods(model, encoder_out, encoder_out_lens, seqs, utt_index).tolist()
+    flat: List[Hypothesis] = [h for hyps in kept for h in hyps]
+    return _best(kept, [c + ctc_weight * h.score for h, c in zip(flat, cif)])
