@@ -31,6 +31,8 @@ esac
 # A run of a few hundred batches: a small reference duration takes the encoder's
 # regularisation schedules (dropout, layer skipping) to their final values early in it.
 : "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}" "${WARM_STEP:=300}" "${NUM_THREADS:=2}"
+# Weight of the CTC head's score in the joint method's row (chosen on dev-clean, RESULTS.md).
+: "${CTC_WEIGHT:=0.3}"
 
 case "$corpus" in
   librispeech)
@@ -119,9 +121,11 @@ timed "train" env OMP_NUM_THREADS="$NUM_THREADS" "$python" ./zipformer_cif/train
   --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION" --num-threads "$NUM_THREADS"
 
 methods=(greedy_search)
+# The joint CIF + CTC method: the transducer rescores the CTC head's n-best (the CE heads cannot
+# compare hypotheses of different lengths, so they rescore their own beam with the CTC head).
 case "$DECODER_TYPE" in
-  cif_transducer) methods+=(modified_beam_search) ;;
-  *) methods+=(beam_search) ;;
+  cif_transducer) methods+=(modified_beam_search cif_rescoring) ;;
+  *) methods+=(beam_search joint_beam_search) ;;
 esac
 # The CTC head on the encoder, for comparison with the CIF decoder.
 methods+=(ctc_greedy_search)
@@ -130,7 +134,8 @@ for method in "${methods[@]}"; do
   [ "$method" = greedy_search ] && plots=$NUM_PLOTS
   timed "decode: $method" "$python" ./zipformer_cif/decode.py \
     --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" --use-averaged-model 1 \
-    --max-duration 200 --decoding-method "$method" --beam-size 4 --num-plots "$plots" --num-threads "$NUM_THREADS"
+    --max-duration 200 --decoding-method "$method" --beam-size 4 --ctc-weight "$CTC_WEIGHT" --num-plots "$plots" \
+    --num-threads "$NUM_THREADS"
 done
 
 echo

@@ -56,8 +56,9 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
-    # The default decoder is the CIF transducer, whose beam search is modified_beam_search.
-    methods = ("greedy_search", "modified_beam_search", "ctc_greedy_search")
+    # The default decoder is the CIF transducer: its beam search is modified_beam_search, its joint
+    # CIF + CTC method cif_rescoring.
+    methods = ("greedy_search", "modified_beam_search", "cif_rescoring", "ctc_greedy_search")
     rows = re.findall(rf"^({'|'.join(methods)})\s+(\S+)\s+([0-9.]+)$", out, flags=re.M)
     assert {(m, s) for m, s, _ in rows} == {(m, s) for m in methods for s in test_sets}
     for method, test_set, rate in rows:
