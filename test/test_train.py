@@ -399,6 +399,14 @@ def test_impossible_options_are_rejected(tiny_corpus, tmp_path, extra, message):
     assert not (tmp_path / "exp").exists()  # rejected before anything was started
 
 
+def test_exp_dir_that_cannot_be_written_is_a_clear_error(tiny_corpus, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    exp = tmp_path / "a-file" / "exp"
+    with pytest.raises(ValueError, match=r"--exp-dir .*a-file/exp cannot be written \(NotADirectoryError.*"
+                                         r"choose another --exp-dir"):
+        train_in_process(tiny_train_options(tiny_corpus, exp), tiny_corpus)
+
+
 def test_missing_manifest_is_a_clear_error(tiny_corpus, tmp_path):
     empty = tmp_path / "fbank"
     empty.mkdir()

@@ -476,8 +476,14 @@ def _train(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe,
     params.update(vars(args))
     if world_size > 1:
         setup_dist(rank, world_size, params.master_port)
-    params.exp_dir.mkdir(parents=True, exist_ok=True)
-    setup_logger(params.exp_dir / "log" / "log-train", log_level=params.log_level)
+    try:
+        params.exp_dir.mkdir(parents=True, exist_ok=True)
+        setup_logger(params.exp_dir / "log" / "log-train", log_level=params.log_level)
+    except OSError as e:
+        raise ValueError(
+            f"--exp-dir {params.exp_dir} cannot be written ({type(e).__name__}: {e}): choose another --exp-dir or "
+            f"fix its permissions"
+        ) from None
     records = TrainingRecords(params.exp_dir / "log", rank, world_size)
     processes_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     num_threads = set_num_threads(params.num_threads, processes_on_node)
