@@ -3,7 +3,8 @@
 A recipe supplies a :class:`icefall_cif.recipe.Recipe` (its corpus, its model config and how to
 build the model); the loop sees the model only through `icefall_cif.model_contract.CifModel`.
 Everything else lives here once: DDP (`--world-size N` or torchrun), ScaledAdam + Eden, AMP,
-model averaging, checkpoints and exact resume (resume.py), bad-batch handling, tensorboard,
+model averaging, checkpoints and exact resume (resume.py), preemption on SIGTERM/SIGUSR1
+(preemption.py), bad-batch handling, tensorboard,
 progress logs with JSON-lines records (records.py), and per-epoch validation (loss and
 greedy WER/CER).
 
