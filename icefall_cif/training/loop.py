@@ -4,15 +4,14 @@ A recipe supplies a :class:`icefall_cif.recipe.Recipe` (its corpus, its model co
 build the model); the loop sees the model only through `icefall_cif.model_contract.CifModel`.
 Everything else lives here once: DDP (`--world-size N` or torchrun), ScaledAdam + Eden, AMP,
 model averaging, checkpoints and exact resume (resume.py), preemption on SIGTERM/SIGUSR1
-(preemption.py), bad-batch handling, tensorboard,
-progress logs with JSON-lines records (records.py), and per-epoch validation (loss and
-greedy WER/CER).
+(preemption.py), bad-batch handling, tensorboard, progress logs with JSON-lines records
+(records.py), and per-epoch validation (loss, greedy WER/CER, CIF fire-count error).
 
-Exactness of a resume: with `--num-workers 0` a resumed single-process run computes exactly
-what the uninterrupted run computes (tested bit for bit). Known differences otherwise: with
-DataLoader workers, augmentation randomness lives in the workers, which restart with their
-initial seeds; under DDP only rank 0's generator states are saved, so the other ranks' dropout
-and augmentation draws differ after a resume. The data order is exact in every case.
+Exactness of a resume: with `--num-workers 0` a resumed run computes exactly what the
+uninterrupted run computes, in one process and under DDP, where every rank's generator and
+adaptive states are saved (`rank_states`); both are tested bit for bit. With DataLoader workers,
+augmentation randomness lives in the workers, which restart with their initial seeds, so it
+differs after a resume; the data order is exact in every case.
 """
 import argparse
 import copy
