@@ -241,8 +241,8 @@ def load_checkpoint(
       model_avg, optimizer, scheduler, scaler, sampler: receive their states when both the
         object and the saved state exist.
       strict: passed to `load_state_dict` of `model` and `model_avg`.
-      restore_rng_state: also restore the saved random generator states (single-process
-        resume; under DDP only rank 0's states were saved).
+      restore_rng_state: also restore `rng_state`, rank 0's generator states (a DDP run also
+        saves every rank's under `rank_states`; the training loop restores those itself).
     Returns:
       Everything else in the checkpoint: the saved params (`batch_idx_train`, `cur_epoch`,
       best losses, ...) and `rng_state` when it was saved.
