@@ -185,6 +185,9 @@ def prepare_manifests(corpus: str, corpus_dir: Path, output_dir: Path, num_jobs:
     audit = spec.audit(corpus_dir, num_jobs)
     tsv = output_dir / f"{corpus}_skipped.tsv"
     log_skipped(audit.skipped, tsv, f"{corpus} manifests")
+    if audit.num_normalized:
+        raw, text = audit.normalized_example
+        logging.info(f"{audit.num_normalized} transcripts rewritten in {corpus}'s conventions, e.g. {raw!r} -> {text!r}")
     empty = [p for p in spec.parts if not audit.utterances[p]]
     if empty:
         raise DataPrepError(

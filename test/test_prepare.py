@@ -391,6 +391,33 @@ def test_bad_librispeech_items_are_skipped_and_listed(libri, tmp_path, caplog):
     assert {s["id"]: s["text"] for s in sups} == expected
 
 
+def test_transcripts_are_rewritten_in_the_corpus_conventions(libri, tmp_path, caplog):
+    recipe, _ = libri
+    corpus = tmp_path / "LibriSpeech"
+    shutil.copytree(recipe / "download" / "LibriSpeech", corpus)
+    trans = sorted((corpus / "train-clean-100").rglob("*.trans.txt"))[0]
+    lines = trans.read_text().splitlines()
+    utt, text = lines[0].split(" ", 1)
+    words = text.split()
+    # Lower case, punctuation, a zero-width space, full-width letters and a combining accent.
+    messy = f"{words[0].lower()}, \u200b{' '.join(words[1:])}. ＯＫ CAFE\u0301"
+    trans.write_text("\n".join([f"{utt} {messy}"] + lines[1:]) + "\n")
+
+    out = tmp_path / "manifests"
+    with caplog.at_level(logging.INFO):
+        data_prep.prepare_manifests("librispeech", corpus, out)
+    sups = {s["id"]: s["text"] for s in read_jsonl_gz(out / "librispeech_supervisions_train-clean-100.jsonl.gz")}
+    assert sups[utt] == f"{text} OK CAFE"
+    assert "1 transcripts rewritten in librispeech's conventions" in caplog.text
+    # Text already in the conventions is unchanged: every other utterance keeps its transcript.
+    expected = corpus_transcripts("librispeech", recipe, "train")
+    assert {k: v for k, v in sups.items() if k != utt} == {k: v for k, v in expected.items() if k != utt}
+
+    aishell = data_prep.get_corpus("aishell")
+    assert aishell.normalize_text("你好，世界。 ＡＢＣ\u200d") == "你好世界 ABC"
+    assert aishell.normalize_text("而且 这 是") == "而且 这 是"
+
+
 def test_bad_aishell_items_are_skipped_and_listed(aishell, tmp_path):
     recipe, _ = aishell
     root = tmp_path / "aishell"

@@ -4,11 +4,12 @@ The tree: `data_aishell/wav/{train,dev,test}/<speaker>/<utt>.wav` and one transc
 for all parts, `data_aishell/transcript/aishell_transcript_v0.8.txt` (`<utt-id> <words>`,
 words separated by spaces). Lhotse's corpus_dir is the directory holding `data_aishell/`.
 """
+import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from icefall_cif.corpora.audit import CorpusAudit, SkippedItem, Utterance, check_candidates, read_text_lines
-from icefall_cif.corpora.base import Corpus
+from icefall_cif.corpora.base import Corpus, normalize_unicode
 from icefall_cif.corpora.layout import SynthLayout
 
 if TYPE_CHECKING:
@@ -103,12 +104,20 @@ class Aishell(Corpus):
                 problems.append(f"no *.wav audio under {part_dir}")
         return problems
 
+    def normalize_text(self, text: str) -> str:
+        """AISHELL's conventions: half-width forms (NFKC) and no punctuation (`，` and `。`
+        removed, not turned into spaces: Mandarin text has no word breaks to keep)."""
+        text = "".join(ch for ch in normalize_unicode(text) if not unicodedata.category(ch).startswith("P"))
+        return " ".join(text.split())
+
     def audit(self, root: Path, num_jobs: int = 1) -> CorpusAudit:
         """Pair every `.wav` with its line in the transcript file and check both; transcript
         lines without audio are listed with part "-"."""
         audit = CorpusAudit()
         transcript = root / AISHELL_TRANSCRIPT
-        texts = {utt_id: text for _, utt_id, text in read_text_lines(transcript)}
+        texts = {
+            utt_id: audit.normalized(text, self.normalize_text(text)) for _, utt_id, text in read_text_lines(transcript)
+        }
         seen = set()
         for part in self.parts:
             candidates = []

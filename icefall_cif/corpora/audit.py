@@ -38,6 +38,17 @@ class CorpusAudit:
 
     utterances: Dict[str, List[Utterance]] = field(default_factory=dict)
     skipped: List[SkippedItem] = field(default_factory=list)
+    #: Transcripts the corpus's `normalize_text` changed, and the first of them (raw, normalised).
+    num_normalized: int = 0
+    normalized_example: Optional[Tuple[str, str]] = None
+
+    def normalized(self, raw: str, text: str) -> str:
+        """Count `raw` -> `text` if it changed; return `text`."""
+        if text != raw:
+            self.num_normalized += 1
+            if self.normalized_example is None:
+                self.normalized_example = (raw, text)
+        return text
 
 
 def _wav_declared_frames(path: Path) -> Optional[int]:

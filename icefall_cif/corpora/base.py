@@ -1,5 +1,6 @@
 """The interface a corpus module implements (:class:`Corpus`), and the data stages' error type."""
 import abc
+import unicodedata
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Tuple, Type
 
@@ -8,6 +9,14 @@ from icefall_cif.corpora.layout import SynthLayout
 
 # The roles every corpus fills with one of its parts; `splits` maps each to a part name.
 ROLES = ("train", "dev", "test")
+
+
+def normalize_unicode(text: str) -> str:
+    """NFKC (full-width forms to ASCII, composed characters), format characters such as zero-width
+    spaces and joiners removed, whitespace collapsed to single spaces."""
+    text = unicodedata.normalize("NFKC", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return " ".join(text.split())
 
 
 class DataPrepError(Exception):
@@ -42,6 +51,14 @@ class Corpus(abc.ABC):
     linked_subdir: str = ""
     layout: str
     synth_layout: Type[SynthLayout]
+
+    def normalize_text(self, text: str) -> str:
+        """A transcript in the corpus's own conventions, applied when stage 1 reads it.
+
+        The default is :func:`normalize_unicode`; corpus modules add their case and punctuation
+        rules. Text already in the conventions comes back unchanged.
+        """
+        return normalize_unicode(text)
 
     @property
     def parts(self) -> List[str]:

@@ -3,6 +3,7 @@
 The tree: `LibriSpeech/<part>/<speaker>/<chapter>/<speaker>-<chapter>-<utt>.flac` with one
 `<speaker>-<chapter>.trans.txt` (`<utt-id> <UPPER CASE TEXT>` lines) per chapter.
 """
+import unicodedata
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from icefall_cif.corpora.audit import CorpusAudit, SkippedItem, Utterance, check_candidates, read_text_lines
-from icefall_cif.corpora.base import Corpus
+from icefall_cif.corpora.base import Corpus, normalize_unicode
 from icefall_cif.corpora.layout import SynthLayout
 
 if TYPE_CHECKING:
@@ -128,6 +129,14 @@ class LibriSpeech(Corpus):
                 problems.append(f"no *.flac audio under {part_dir}")
         return problems
 
+    def normalize_text(self, text: str) -> str:
+        """LibriSpeech's conventions: upper case ASCII letters and apostrophes. Accents are
+        dropped (`É` -> `E`); other punctuation becomes a word break."""
+        text = unicodedata.normalize("NFKD", normalize_unicode(text))
+        text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn").upper()
+        text = "".join(" " if unicodedata.category(ch).startswith("P") and ch != "'" else ch for ch in text)
+        return " ".join(text.split())
+
     def audit(self, root: Path, num_jobs: int = 1) -> CorpusAudit:
         """Pair every `.flac` with its line in its chapter's `.trans.txt` and check both, per part."""
         audit = CorpusAudit()
@@ -136,7 +145,7 @@ class LibriSpeech(Corpus):
             texts: Dict[str, Tuple[str, Path]] = {}
             for trans in sorted(part_dir.rglob("*.trans.txt")):
                 for _, utt_id, text in read_text_lines(trans):
-                    texts[utt_id] = (text, trans)
+                    texts[utt_id] = (audit.normalized(text, self.normalize_text(text)), trans)
             audio = {p.name[: -len(".flac")]: p for p in sorted(part_dir.rglob("*.flac"))}
             candidates = []
             for utt_id, path in audio.items():
