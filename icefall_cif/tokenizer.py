@@ -79,7 +79,8 @@ class Tokenizer:
         sp: Optional["sentencepiece.SentencePieceProcessor"] = None,
         lang_dir: Optional[Path] = None,
     ):
-        self.kind = "bpe" if sp is not None else "char"
+        # A BPE table without its sentencepiece model (a pretrained.pt's) still decodes.
+        self.kind = "bpe" if sp is not None or any("\u2581" in t for t in id2token.values()) else "char"
         self.id2token = id2token
         self.token2id = {sym: idx for idx, sym in id2token.items()}
         self.vocab_size = len(id2token)
@@ -98,6 +99,11 @@ class Tokenizer:
             }
         else:
             self._known_chars = {sym for sym in id2token.values() if sym not in SPECIAL_SYMBOLS}
+
+    @classmethod
+    def from_token_table(cls, symbols: Sequence[str]) -> "Tokenizer":
+        """A decoding-only tokenizer of a checkpoint's `token_table` (symbols in id order)."""
+        return cls(dict(enumerate(symbols)))
 
     @classmethod
     def from_lang_dir(cls, lang_dir: Union[str, Path]) -> "Tokenizer":
@@ -151,6 +157,11 @@ class Tokenizer:
             raise ValueError(f"encode: got {len(texts)} texts but {len(utt_ids)} utt_ids")
         if self._sp is not None:
             ids = self._sp.encode(list(texts))
+        elif self.kind == "bpe":
+            raise ValueError(
+                "this BPE tokenizer was made from a token table and can only decode; encoding needs the "
+                "lang dir's bpe.model (Tokenizer.from_lang_dir)"
+            )
         else:
             ids = [[self.token2id.get(u, self.unk_id) for u in text if not u.isspace()] for text in texts]
         for k, (text, seq) in enumerate(zip(texts, ids)):
@@ -171,7 +182,7 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a token id sequence; `<blk>` and `<sos/eos>` are dropped, `<unk>` is written `<unk>`."""
         ids = [int(i) for i in ids if i != self.blank_id and i != self.sos_id]
-        if self._sp is not None:
+        if self.kind == "bpe":
             # As sentencepiece's decode, but <unk> is spelled "<unk>" (not " \u2047 ") and stays a
             # word of its own, so WER counts it as one error; runs of spaces become one.
             pieces = [f"\u2581{UNK}\u2581" if i == self.unk_id else self.id2token[i] for i in ids]

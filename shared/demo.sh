@@ -141,6 +141,9 @@ for method in "${methods[@]}"; do
     --ctc-weight "$CTC_WEIGHT" --num-plots "$plots" --num-threads "$NUM_THREADS"
 done
 
+timed "export" "$python" ./zipformer_cif/export.py --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" \
+  --use-averaged-model 1 --tokens "$lang_dir/tokens.txt"
+
 echo
 log "==================== Results ($metric on synthetic held-out speakers and sentences) ===================="
 printf "%-24s %-12s %8s\n" "method" "test set" "$metric"
@@ -161,3 +164,5 @@ log "Training log and tensorboard: $PWD/$EXP_DIR/log, $PWD/$EXP_DIR/tensorboard"
 for plot_dir in "$EXP_DIR"/greedy_search/cif-plots-"$test_set"; do
   [ -d "$plot_dir" ] && log "CIF weight plots: $PWD/$plot_dir/*.png"
 done
+log "Transcribe any sound file with the exported model:"
+echo "  cd $PWD && $python ./zipformer_cif/pretrained.py --checkpoint $EXP_DIR/pretrained.pt --timestamps 1 FILE..."
