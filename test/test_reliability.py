@@ -82,3 +82,11 @@ def test_decoding_refuses_non_finite_features_and_duplicate_cut_ids():
 
     with pytest.raises(ValueError, match=rf"Cut id '{cuts[0].id}' appears twice in the test set"):
         check_decoding_batch(decoding_batch(cuts[:1], torch.zeros(1, 10, 80)), seen)
+
+
+def test_decoding_refuses_an_utterance_too_long_for_memory():
+    long_cut = dummy_cut(0, duration=600.0)
+    with pytest.raises(ValueError, match=rf"Cut {long_cut.id} is 600 s long, more than --max-utterance-duration 120"
+                                         r".*cut_into_windows"):
+        check_decoding_batch(decoding_batch([long_cut], torch.zeros(1, 10, 80)), set(), max_duration=120.0)
+    check_decoding_batch(decoding_batch([dummy_cut(1, duration=30.0)], torch.zeros(1, 10, 80)), set(), 120.0)

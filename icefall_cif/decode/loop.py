@@ -84,6 +84,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
     g.add_argument("--ctc-weight", type=float, default=0.5,
                    help="joint_beam_search and cif_rescoring: weight of the CTC head's log-likelihood next to "
                         "the CIF decoder's (0 = the CIF decoder alone).")
+    g.add_argument("--max-utterance-duration", type=float, default=120.0,
+                   help="Refuse test cuts longer than this (s): self-attention memory grows with the square of "
+                        "the length (a 10-minute cut needs tens of GB); split long recordings first.")
     g.add_argument("--num-plots", type=int, default=0,
                    help="Write a PNG of the CIF weights, fires and tokens for this many utterances per test set.")
     g.add_argument("--num-threads", type=int, default=1,
@@ -296,7 +299,7 @@ def decode_dataset(
         feature = batch["inputs"].to(device)
         sup = batch["supervisions"]
         feature_lens = sup["num_frames"].to(device)
-        check_decoding_batch(batch, seen)
+        check_decoding_batch(batch, seen, params.get("max_utterance_duration", float("inf")))
         t0 = time.perf_counter()
         encoder_out, encoder_out_lens = model.forward_encoder(feature, feature_lens)
         hyps = decode_batch(params.decoding_method, model, encoder_out, encoder_out_lens, params, lm=lm)
@@ -315,13 +318,22 @@ def decode_dataset(
     return results, decode_seconds, audio_seconds, fire_differences
 
 
-def check_decoding_batch(batch: Dict[str, Any], seen: set) -> None:
-    """Refuse what would silently corrupt the scores: non-finite features, a cut id seen twice.
+def check_decoding_batch(batch: Dict[str, Any], seen: set, max_duration: float = float("inf")) -> None:
+    """Refuse what would silently corrupt the scores (non-finite features, a cut id seen twice)
+    or exhaust memory (a cut longer than `max_duration` seconds).
 
     Args:
       batch: `inputs` (N, T, F) and `supervisions` with `cut`; seen: the ids decoded so far (updated).
     """
     cuts = batch["supervisions"]["cut"]
+    too_long = [c for c in cuts if c.duration > max_duration]
+    if too_long:
+        raise ValueError(
+            f"Cut {too_long[0].id} is {too_long[0].duration:.0f} s long, more than --max-utterance-duration "
+            f"{max_duration:g}: self-attention over it needs memory growing with the square of its length. Split "
+            f"long recordings into segments first (e.g. lhotse's CutSet.cut_into_windows or "
+            f"trim_to_supervisions), or raise --max-utterance-duration if the machine has the memory"
+        )
     finite = torch.isfinite(batch["inputs"]).flatten(1).all(dim=1)
     if not bool(finite.all()):
         bad = [c for c, ok in zip(cuts, finite.tolist()) if not ok]
