@@ -131,6 +131,13 @@ class LossConfig:
     simple_loss_scale: float = field(
         default=0.5, metadata={"help": "Weight of the simple RNN-T loss after warm-up (it starts at 1.0)."}
     )
+    transducer_ce_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "cif_transducer: weight of a per-token CE of the joiner at (CIF vector u, tokens before u), "
+            "as CIF-T aligns one vector to one token; 0 = off."
+        },
+    )
     warm_step: int = field(
         default=2000,
         metadata={

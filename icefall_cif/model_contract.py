@@ -84,7 +84,7 @@ class DecoderHead(nn.Module, ABC):
           y_padded: (N, U) target ids padded with blank; y_lens (N,).
           config: the training-only loss settings.
         Returns:
-          {name: scalar} with the names of :attr:`loss_names`.
+          {name: scalar}, names among :attr:`loss_names` (optional terms only when enabled).
         """
 
     @staticmethod

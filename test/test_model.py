@@ -215,6 +215,26 @@ def test_losses_match_naive_references(decoder_type):
     assert weighted_loss(model, out, loss_config, 50).item() == pytest.approx(total, rel=1e-4)
 
 
+def test_transducer_token_ce_is_the_lattice_diagonal():
+    g = torch.Generator().manual_seed(5)
+    model = get_model(small_config("cif_transducer")).eval()
+    x, x_lens, ys = random_batch(3, g)
+    off, on = LossConfig(), LossConfig(transducer_ce_scale=0.7, label_smoothing=0.0)
+    with torch.no_grad():
+        assert "token_ce_loss" not in model(x, x_lens, ys, off) and "token_ce_loss" not in loss_weights(model, off, 0)
+        out = model(x, x_lens, ys, on)
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        cif_out = model.forward_cif(enc, enc_lens, torch.tensor([len(y) for y in ys]))
+        ref = 0.0
+        for i, y in enumerate(ys):
+            dec = model.head.decoder(torch.tensor([[0] + y]))[0]  # (U+1, D)
+            for u, token in enumerate(y):
+                logits = model.head.joiner(cif_out.cif[i, u], dec[u]).double()
+                ref -= float(logits.log_softmax(-1)[token])
+    assert out["token_ce_loss"].item() == pytest.approx(ref, rel=1e-4)
+    assert loss_weights(model, on, 0)["token_ce_loss"] == 0.7
+
+
 def test_transducer_loss_scales_follow_icefall_warmup():
     assert transducer_loss_scales(0, 2000, 0.5) == pytest.approx((1.0, 0.1))
     assert transducer_loss_scales(500, 2000, 0.5) == pytest.approx((0.875, 0.325))

@@ -99,7 +99,7 @@ def compute_loss(
     losses = model(feature, feature_lens, y, loss_config)
     weights = loss_weights(inner, loss_config, params.batch_idx_train)
     loss = sum(weights[name] * losses[name] for name in weights)
-    info = MetricsTracker(normalizers={"ce_loss": "tokens", "quantity_loss": "utterances"})
+    info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "quantity_loss": "utterances"})
     # The CIF frames the model integrates over: the per-frame loss normaliser.
     info["frames"] = float(inner.num_output_frames(feature_lens).sum())
     info["tokens"] = float(sum(len(t) for t in y))

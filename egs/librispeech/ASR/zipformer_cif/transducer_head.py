@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ce_decoder import token_cross_entropy
 from decoder import Decoder
 from joiner import Joiner
 from scaling import ScaledLinear
@@ -50,7 +51,7 @@ class TransducerHead(DecoderHead):
 
     name = "cif_transducer"
     beam_methods = ("modified_beam_search", "modified_beam_search_lm_shallow_fusion")
-    loss_names = ("simple_loss", "pruned_loss")
+    loss_names = ("simple_loss", "pruned_loss", "token_ce_loss")
     scores_any_length = True
 
     def __init__(self, decoder: Decoder, joiner: Joiner, cif_dim: int, vocab_size: int):
@@ -134,7 +135,31 @@ class TransducerHead(DecoderHead):
                 boundary=boundary,
                 reduction="sum",
             )
-        return {"simple_loss": simple_loss, "pruned_loss": pruned_loss}
+        losses = {"simple_loss": simple_loss, "pruned_loss": pruned_loss}
+        if config.transducer_ce_scale > 0:
+            losses["token_ce_loss"] = self.token_ce_loss(cif, decoder_out, y_padded, y_lens, config.label_smoothing)
+        return losses
+
+    def token_ce_loss(
+        self,
+        cif: torch.Tensor,
+        decoder_out: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        label_smoothing: float,
+    ) -> torch.Tensor:
+        """Label-smoothed CE of token u from the joiner at (CIF vector u, prediction after u-1
+        tokens), summed over tokens: the lattice's diagonal, CIF-T's one-vector-one-token view.
+
+        In training CIF fires exactly U times, so vector u and token u correspond; the RNN-T loss
+        alone also rewards alignments that put token u on another vector and blank on this one.
+
+        Args:
+          cif: (N, U, C) CIF vectors; decoder_out: (N, U+1, D) prediction network output of the
+            blank-prefixed targets; y_padded: (N, U), y_lens: (N,).
+        """
+        logits = self.joiner(cif, decoder_out[:, : cif.size(1)])  # (N, U, V)
+        return token_cross_entropy(logits, y_padded, y_lens, label_smoothing)
 
     def sequence_log_probs(
         self, cif: torch.Tensor, cif_lens: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor
@@ -153,7 +178,10 @@ class TransducerHead(DecoderHead):
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
         simple, pruned = transducer_loss_scales(batch_idx_train, config.warm_step, config.simple_loss_scale)
-        return {"simple_loss": simple, "pruned_loss": pruned}
+        weights = {"simple_loss": simple, "pruned_loss": pruned}
+        if config.transducer_ce_scale > 0:
+            weights["token_ce_loss"] = config.transducer_ce_scale
+        return weights
 
     def greedy_search(
         self,
