@@ -35,6 +35,9 @@ from icefall_cif.config import LossConfig
 from icefall_cif.model_contract import DecoderHead
 from icefall_cif.utils import make_pad_mask
 
+# The decoder types. Besides the DecoderHead methods, a head class provides
+# `build_networks(config, cif_dim) -> {name: module}` and `from_networks(config, cif_dim, networks)`
+# (see get_model for why they are two steps); its options are ModelConfig fields.
 HEADS: Dict[str, Type[DecoderHead]] = {
     TransducerHead.name: TransducerHead,
     ArCeHead.name: ArCeHead,
