@@ -27,7 +27,7 @@ from model import ModelConfig, get_model  # noqa: E402
 
 from icefall_cif.optim import Eden, ScaledAdam  # noqa: E402
 from icefall_cif.config import LossConfig  # noqa: E402
-from icefall_cif.model_contract import loss_weights  # noqa: E402
+from icefall_cif.model_contract import weighted_loss  # noqa: E402
 
 VOCAB_SIZE = 500
 
@@ -62,9 +62,7 @@ def throughput(config: str, threads: int, args: argparse.Namespace) -> Tuple[flo
         x, lens, y = batches[step % len(batches)]
         start = time.perf_counter()
         model.set_batch_count(float(step))
-        losses = model(x, lens, y, loss_config)
-        weights = loss_weights(model, loss_config, step)
-        loss = sum(weights[name] * losses[name] for name in weights)
+        loss = weighted_loss(model, model(x, lens, y, loss_config), loss_config, step)
         loss.backward()
         scheduler.step_batch(step + 1)
         optimizer.step()

@@ -14,15 +14,14 @@ and one head class per `--decoder-type`: the transducer, AR CE and NAR CE heads 
 
 Example (the loops' view of one batch)::
 
-    losses = model(x, x_lens, token_ids, loss_config)            # unweighted
-    weights = loss_weights(model, loss_config, batch_idx_train)  # ctc, quantity + the head's
-    loss = sum(weights[name] * losses[name] for name in weights)
+    losses = model(x, x_lens, token_ids, loss_config)                 # unweighted
+    loss = weighted_loss(model, losses, loss_config, batch_idx_train)  # ctc, quantity + the head's
     encoder_out, lens = model.forward_encoder(x, x_lens)
     cif_out = model.forward_cif(encoder_out, lens)
     tokens, cif_index = model.head.greedy_search(cif_out.cif, cif_out.cif_lens, encoder_out, lens, 3)
 """
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Dict, List, Optional, Protocol, Sequence, Tuple, runtime_checkable
+from typing import Any, ClassVar, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
@@ -187,16 +186,12 @@ class CifModel(Protocol):
 def check_model(model: Any) -> None:
     """Raise TypeError naming what is missing when `model` does not fulfil :class:`CifModel`."""
     if not isinstance(model, CifModel):
-        missing = [name for name in _protocol_members() if not hasattr(model, name)]
+        members = [*CifModel.__annotations__, *(n for n in vars(CifModel) if callable(getattr(CifModel, n))
+                                                and not n.startswith("_"))]
+        missing = [name for name in members if not hasattr(model, name)]
         raise TypeError(f"{type(model).__name__} is not a CifModel: it lacks {missing}")
     if not isinstance(model.head, DecoderHead):
         raise TypeError(f"{type(model).__name__}.head is a {type(model.head).__name__}, not a DecoderHead")
-
-
-def _protocol_members() -> Sequence[str]:
-    return ("head", "blank_id", "vocab_size", "cif_downsample_factor", "forward", "forward_encoder",
-            "forward_cif", "ctc_log_probs", "num_output_frames", "set_batch_count", "adaptive_state",
-            "load_adaptive_state")
 
 
 def decoding_methods(model: CifModel) -> List[str]:
@@ -213,3 +208,11 @@ def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> D
         "quantity_loss": config.quantity_loss_scale,
         **model.head.loss_weights(config, batch_idx_train),
     }
+
+
+def weighted_loss(
+    model: CifModel, losses: Dict[str, torch.Tensor], config: LossConfig, batch_idx_train: int
+) -> torch.Tensor:
+    """The total to back-propagate: each of `model`'s losses times its weight at this batch."""
+    weights = loss_weights(model, config, batch_idx_train)
+    return sum(weights[name] * losses[name] for name in weights)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from icefall_cif.cif import CifPredictorOutput
 from icefall_cif.config import LossConfig
-from icefall_cif.model_contract import loss_weights
+from icefall_cif.model_contract import weighted_loss
 
 VOCAB_SIZE = 10  # <blk>=0, <sos/eos>=1, <unk>=2, text tokens 3..9
 REFERENCES: List[List[int]] = [[3, 4, 5, 6], [7, 8, 9], [4, 6, 8, 3, 5]]
@@ -77,8 +77,7 @@ def decoder_losses(
         "quantity_loss": cif_out.quantity_loss,
         **model.head.loss(cif_out, encoder_out, encoder_out_lens, y, y_lens, config),
     }
-    weights = loss_weights(model, config, batch_idx_train=0)
-    return sum(weights[name] * losses[name] for name in weights)
+    return weighted_loss(model, losses, config, batch_idx_train=0)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from transducer_head import transducer_loss_scales
 
 from icefall_cif.config import LossConfig, add_config_arguments, config_from_options
 from icefall_cif.decode import greedy_search
-from icefall_cif.model_contract import check_model, loss_weights
+from icefall_cif.model_contract import check_model, loss_weights, weighted_loss
 from icefall_cif.optim import ScaledAdam
 
 VOCAB = 30
@@ -52,12 +52,6 @@ def small_config(decoder_type: str, **overrides) -> ModelConfig:
     )
     params.update(overrides)
     return ModelConfig(**params)
-
-
-def weighted_loss(model, losses, loss_config: LossConfig, batch_idx_train: int) -> torch.Tensor:
-    """The total the training loop back-propagates."""
-    weights = loss_weights(model, loss_config, batch_idx_train)
-    return sum(weights[name] * losses[name] for name in weights)
 
 
 def random_batch(n: int, generator: torch.Generator, min_frames: int = 100, max_frames: int = 200):

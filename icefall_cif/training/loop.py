@@ -40,7 +40,7 @@ from icefall_cif.config import LossConfig, config_from_options, config_to_dict
 from icefall_cif.datamodule import AsrDataModule, filter_cuts, restore_sampler_position
 from icefall_cif.decode.greedy import greedy_search
 from icefall_cif.dist import cleanup_dist, get_local_rank, get_world_size, is_torchrun, setup_dist, unwrap_model
-from icefall_cif.model_contract import check_model, loss_weights
+from icefall_cif.model_contract import check_model, weighted_loss
 from icefall_cif.optim import Eden, ScaledAdam
 from icefall_cif.recipe import Recipe
 from icefall_cif.tokenizer import Tokenizer, token_table, token_table_digest
@@ -97,8 +97,7 @@ def compute_loss(
     y = tokenizer.encode(supervisions["text"])
     inner = unwrap_model(model)
     losses = model(feature, feature_lens, y, loss_config)
-    weights = loss_weights(inner, loss_config, params.batch_idx_train)
-    loss = sum(weights[name] * losses[name] for name in weights)
+    loss = weighted_loss(inner, losses, loss_config, params.batch_idx_train)
     info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "quantity_loss": "utterances"})
     # The CIF frames the model integrates over: the per-frame loss normaliser.
     info["frames"] = float(inner.num_output_frames(feature_lens).sum())
