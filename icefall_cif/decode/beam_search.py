@@ -23,7 +23,7 @@ works on the whole batch; empty beam slots hold a score of -inf. The only Python
 steps (CIF vectors). An LM is any object with the state API of `icefall_cif.lm`.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Protocol, Tuple
+from typing import Callable, List, Optional, Protocol, Tuple
 
 import torch
 import torch.nn as nn
@@ -492,6 +492,34 @@ def lm_hypothesis_scores(lm, seqs: List[List[int]], blank_id: int, device: torch
 
 
 @torch.no_grad()
+def rerank_nbest(
+    nbest: List[NBest], num_paths: int, totals: Callable[[List[Hypothesis], List[int]], List[float]]
+) -> List[List[int]]:
+    """Pick, per utterance, the best of its top `num_paths` hypotheses by a new score.
+
+    Args:
+      nbest: per utterance, hypotheses best first (from any beam search).
+      num_paths: how many hypotheses per utterance to rerank (`--num-paths`).
+      totals: given every kept hypothesis (flattened, utterance by utterance) and the index of
+        its utterance, one new score per hypothesis; called once, on the whole batch.
+    Returns:
+      the chosen token ids per utterance ([] for an utterance without hypotheses).
+    """
+    if num_paths < 1:
+        raise ValueError(f"num_paths must be >= 1, got {num_paths}")
+    kept = [hyps[:num_paths] for hyps in nbest]
+    flat = [h for hyps in kept for h in hyps]
+    if not flat:
+        return [[] for _ in nbest]
+    scores = totals(flat, [i for i, hyps in enumerate(kept) for _ in hyps])
+    out, start = [], 0
+    for hyps in kept:
+        own = scores[start : start + len(hyps)]
+        start += len(hyps)
+        out.append(hyps[max(range(len(hyps)), key=own.__getitem__)].tokens if hyps else [])
+    return out
+
+
 def rescore_nbest(
     nbest: List[NBest], lm, scale: float, num_paths: int, blank_id: int = 0
 ) -> List[List[int]]:
@@ -506,17 +534,10 @@ def rescore_nbest(
     Returns:
       the chosen token ids per utterance.
     """
-    if num_paths < 1:
-        raise ValueError(f"num_paths must be >= 1, got {num_paths}")
-    kept = [hyps[:num_paths] for hyps in nbest]
-    flat = [h for hyps in kept for h in hyps]
-    if not flat:
-        return [[] for _ in nbest]
-    device = lm.init_state(1)[0].device
-    lm_scores = lm_hypothesis_scores(lm, [h.tokens for h in flat], blank_id, device).tolist()
-    out, start = [], 0
-    for hyps in kept:
-        totals = [h.score + scale * s for h, s in zip(hyps, lm_scores[start : start + len(hyps)])]
-        start += len(hyps)
-        out.append(hyps[max(range(len(hyps)), key=totals.__getitem__)].tokens if hyps else [])
-    return out
+
+    def totals(flat: List[Hypothesis], utt_index: List[int]) -> List[float]:
+        device = lm.init_state(1)[0].device
+        lm_scores = lm_hypothesis_scores(lm, [h.tokens for h in flat], blank_id, device).tolist()
+        return [h.score + scale * s for h, s in zip(flat, lm_scores)]
+
+    return rerank_nbest(nbest, num_paths, totals)

@@ -17,7 +17,7 @@ from typing import List, Sequence
 import torch
 import torch.nn.functional as F
 
-from icefall_cif.decode.beam_search import Hypothesis, NBest
+from icefall_cif.decode.beam_search import Hypothesis, NBest, rerank_nbest
 from icefall_cif.model_contract import CifModel
 
 
@@ -62,34 +62,20 @@ def cif_log_likelihoods(
     return scores.to(torch.float64)
 
 
-def _flatten(nbest: List[NBest], num_paths: int):
-    kept = [hyps[:num_paths] for hyps in nbest]
-    seqs = [h.tokens for hyps in kept for h in hyps]
-    utt_index = [i for i, hyps in enumerate(kept) for _ in hyps]
-    return kept, seqs, utt_index
-
-
-def _best(kept: List[NBest], totals: List[float]) -> List[List[int]]:
-    out, start = [], 0
-    for hyps in kept:
-        scores = totals[start : start + len(hyps)]
-        start += len(hyps)
-        out.append(hyps[max(range(len(hyps)), key=scores.__getitem__)].tokens if hyps else [])
-    return out
-
-
 def rescore_with_ctc(
     model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, nbest: List[NBest],
     ctc_weight: float, num_paths: int,
 ) -> List[List[int]]:
     """`joint_beam_search`'s choice: per utterance, the best of the top `num_paths` hypotheses by
     beam score + ctc_weight * log p_CTC (ctc_weight 0: the beam's own best)."""
-    kept, seqs, utt_index = _flatten(nbest, num_paths)
-    if not seqs or ctc_weight == 0:
-        return [hyps[0].tokens if hyps else [] for hyps in kept]
-    ctc = ctc_log_likelihoods(model, encoder_out, encoder_out_lens, seqs, utt_index).tolist()
-    flat = [h for hyps in kept for h in hyps]
-    return _best(kept, [h.score + ctc_weight * c for h, c in zip(flat, ctc)])
+
+    def totals(flat: List[Hypothesis], utt_index: List[int]) -> List[float]:
+        if ctc_weight == 0:
+            return [h.score for h in flat]
+        ctc = ctc_log_likelihoods(model, encoder_out, encoder_out_lens, [h.tokens for h in flat], utt_index)
+        return [h.score + ctc_weight * c for h, c in zip(flat, ctc.tolist())]
+
+    return rerank_nbest(nbest, num_paths, totals)
 
 
 def rescore_with_cif(
@@ -98,9 +84,9 @@ def rescore_with_cif(
 ) -> List[List[int]]:
     """`cif_rescoring`'s choice: per utterance, the best of the top `num_paths` CTC prefix-beam
     hypotheses by log p_CIF + ctc_weight * (their CTC prefix score)."""
-    kept, seqs, utt_index = _flatten(ctc_nbest, num_paths)
-    if not seqs:
-        return [[] for _ in kept]
-    cif = cif_log_likelihoods(model, encoder_out, encoder_out_lens, seqs, utt_index).tolist()
-    flat: List[Hypothesis] = [h for hyps in kept for h in hyps]
-    return _best(kept, [c + ctc_weight * h.score for h, c in zip(flat, cif)])
+
+    def totals(flat: List[Hypothesis], utt_index: List[int]) -> List[float]:
+        cif = cif_log_likelihoods(model, encoder_out, encoder_out_lens, [h.tokens for h in flat], utt_index)
+        return [c + ctc_weight * h.score for h, c in zip(flat, cif.tolist())]
+
+    return rerank_nbest(ctc_nbest, num_paths, totals)
