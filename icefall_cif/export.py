@@ -15,21 +15,21 @@ from pathlib import Path
 
 from icefall_cif.checkpoint import atomic_save
 from icefall_cif.config import config_to_dict
-from icefall_cif.decode.loop import load_weights, model_config_for_decoding, select_model_weights
+from icefall_cif.decode.loop import (
+    add_model_selection_arguments,
+    load_weights,
+    model_config_for_decoding,
+    select_model_weights,
+)
 from icefall_cif.model_contract import check_model
 from icefall_cif.recipe import Recipe
 from icefall_cif.tokenizer import Tokenizer, check_token_table, read_tokens_txt, token_table
-from icefall_cif.utils import AttributeDict, str2bool
+from icefall_cif.utils import AttributeDict
 
 
 def get_parser(recipe: Recipe, description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--exp-dir", type=Path, default=Path("zipformer_cif/exp"))
-    parser.add_argument("--epoch", type=int, default=30, help="Export epoch-<epoch>.pt (and the ones before it).")
-    parser.add_argument("--iter", type=int, default=0, help="If > 0, use checkpoint-<iter>.pt instead of epochs.")
-    parser.add_argument("--avg", type=int, default=9, help="Number of checkpoints to average.")
-    parser.add_argument("--use-averaged-model", type=str2bool, default=True,
-                        help="Average with the running averaged models stored in the checkpoints (icefall's scheme).")
+    add_model_selection_arguments(parser)
     parser.add_argument("--tokens", type=Path, default=Path(recipe.default_lang_dir) / "tokens.txt",
                         help="The tokens.txt the model was trained with (checked against the checkpoint).")
     parser.add_argument("--output", type=Path, default=None, help="Where to write; default <exp-dir>/pretrained.pt.")

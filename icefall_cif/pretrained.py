@@ -25,6 +25,7 @@ from icefall_cif.config import config_from_dict
 from icefall_cif.corpora.audit import SAMPLE_RATE
 from icefall_cif.data_prep import get_fbank_extractor
 from icefall_cif.decode.greedy import greedy_search
+from icefall_cif.decode.loop import add_search_arguments
 from icefall_cif.decode.search import decode_batch
 from icefall_cif.model_contract import check_model, decoding_methods
 from icefall_cif.recipe import Recipe
@@ -48,10 +49,7 @@ def get_parser(description: str = "") -> argparse.ArgumentParser:
     parser.add_argument("--method", type=str, default="greedy_search",
                         help="A decode.py --decoding-method that needs no LM (greedy_search, modified_beam_search, "
                              "beam_search, joint_beam_search, cif_rescoring, ctc_greedy_search, ...).")
-    parser.add_argument("--beam-size", type=int, default=4)
-    parser.add_argument("--max-sym-per-frame", type=int, default=3)
-    parser.add_argument("--ctc-weight", type=float, default=0.5)
-    parser.add_argument("--num-paths", type=int, default=4)
+    add_search_arguments(parser)
     parser.add_argument("--timestamps", type=str2bool, default=False,
                         help="Also print each token's time in seconds (greedy_search).")
     parser.add_argument("--output-file", type=Path, default=None, help="Write `<path>\\t<transcript>` lines here.")
@@ -126,7 +124,7 @@ def transcribe(
 
 def run(args: argparse.Namespace, recipe: Recipe) -> int:
     """Transcribe `args.files`; return the exit status (1 when some file could not be read)."""
-    params = AttributeDict(vars(args), nbest_scale=0.0, lm_scale=0.0)
+    params = AttributeDict(vars(args))
     set_num_threads(params.num_threads, processes_on_node=1)
     model, tokenizer = load_pretrained(recipe, params.checkpoint, params.tokens)
     methods = [m for m in decoding_methods(model) if not m.endswith("_lm_shallow_fusion")]

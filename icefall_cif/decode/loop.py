@@ -53,25 +53,40 @@ def get_parser(recipe: Recipe, description: str = "") -> argparse.ArgumentParser
     return parser
 
 
-def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: str) -> None:
-    g = parser.add_argument_group("Decoding", "icefall-compatible decoding options")
-    g.add_argument("--epoch", type=int, default=30, help="Decode with epoch-<epoch>.pt (and the ones before it).")
+def add_model_selection_arguments(g) -> None:
+    """icefall's `--exp-dir --epoch/--iter --avg --use-averaged-model` (decode.py, export.py)."""
+    g.add_argument("--epoch", type=int, default=30, help="Use epoch-<epoch>.pt (and the ones before it).")
     g.add_argument("--iter", type=int, default=0, help="If > 0, use checkpoint-<iter>.pt instead of epochs.")
     g.add_argument("--avg", type=int, default=9, help="Number of checkpoints to average.")
     g.add_argument("--use-averaged-model", type=str2bool, default=True,
                    help="Average with the running averaged models stored in the checkpoints (icefall's scheme).")
     g.add_argument("--exp-dir", type=Path, default=Path("zipformer_cif/exp"))
+
+
+def add_search_arguments(g) -> None:
+    """The options of the searches that need no LM (decode.py, pretrained.py)."""
+    g.add_argument("--beam-size", type=int, default=4)
+    g.add_argument("--max-sym-per-frame", type=int, default=3,
+                   help="cif_transducer greedy and beam searches: most symbols per CIF vector. icefall's 1 suits "
+                        "25 Hz frames; a CIF vector carries about one token and, where the CIF layer fired too few "
+                        "times, has to carry two, which 1 would drop (see greedy_search, modified_beam_search).")
+    g.add_argument("--num-paths", type=int, default=4,
+                   help="Size of the n-best list for rescoring (LM rescoring, joint_beam_search, cif_rescoring).")
+    g.add_argument("--ctc-weight", type=float, default=0.5,
+                   help="joint_beam_search and cif_rescoring: weight of the CTC head's log-likelihood next to "
+                        "the CIF decoder's (0 = the CIF decoder alone).")
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: str) -> None:
+    g = parser.add_argument_group("Decoding", "icefall-compatible decoding options")
+    add_model_selection_arguments(g)
     g.add_argument("--lang-dir", type=Path, default=Path(default_lang_dir))
     g.add_argument("--decoding-method", type=str, default="greedy_search",
                    help="Which search: greedy_search, the CTC head's ctc_greedy_search and ctc_prefix_beam_search, "
                         "the decoder head's beam searches (modified_beam_search[_lm_shallow_fusion] for "
                         "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads), and the joint CIF + CTC "
                         "joint_beam_search (every head) and cif_rescoring (cif_transducer).")
-    g.add_argument("--beam-size", type=int, default=4)
-    g.add_argument("--max-sym-per-frame", type=int, default=3,
-                   help="cif_transducer greedy and beam searches: most symbols per CIF vector. icefall's 1 suits "
-                        "25 Hz frames; a CIF vector carries about one token and, where the CIF layer fired too few "
-                        "times, has to carry two, which 1 would drop (see greedy_search, modified_beam_search).")
+    add_search_arguments(g)
     g.add_argument("--lm-type", type=str, default=None, choices=["ngram", "rnn"],
                    help="LM for shallow fusion / n-best rescoring (trained by local/train_lm.py).")
     g.add_argument("--lm-path", type=Path, default=None, help="The LM file (ARPA for ngram, .pt for rnn).")
@@ -79,11 +94,6 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
                    help="LM weight of *_lm_shallow_fusion (and of n-best rescoring).")
     g.add_argument("--nbest-scale", type=float, default=0.0,
                    help="If > 0, rescore the beam's n-best with the LM weighted by this scale.")
-    g.add_argument("--num-paths", type=int, default=4,
-                   help="Size of the n-best list for rescoring (LM rescoring, joint_beam_search, cif_rescoring).")
-    g.add_argument("--ctc-weight", type=float, default=0.5,
-                   help="joint_beam_search and cif_rescoring: weight of the CTC head's log-likelihood next to "
-                        "the CIF decoder's (0 = the CIF decoder alone).")
     g.add_argument("--max-utterance-duration", type=float, default=120.0,
                    help="Refuse test cuts longer than this (s): self-attention memory grows with the square of "
                         "the length (a 10-minute cut needs tens of GB); split long recordings first.")
