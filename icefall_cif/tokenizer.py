@@ -202,7 +202,8 @@ def token_table(tokenizer: Tokenizer) -> List[str]:
 
 
 def token_table_digest(tokenizer: Tokenizer) -> str:
-    """A short hash of the token table, to catch a different token set of the same size."""
+    """A short hash of the token table, as checkpoints written before they held the table itself
+    stored it (`check_token_table` compares it for them)."""
     text = "\n".join(f"{i} {sym}" for i, sym in enumerate(token_table(tokenizer)))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 

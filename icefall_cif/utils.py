@@ -5,7 +5,7 @@ import os
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 
@@ -72,6 +72,15 @@ def setup_logger(
         console.setLevel(level)
         console.setFormatter(logging.Formatter(formatter))
         root.addHandler(console)
+
+
+def pad_token_ids(y: List[List[int]], pad_value: int, device: torch.device) -> torch.Tensor:
+    """Right-pad ragged token ids to (N, max(len)) int64 (width 0 if every list is empty)."""
+    width = max((len(seq) for seq in y), default=0)
+    out = torch.full((len(y), width), pad_value, dtype=torch.int64)
+    for i, seq in enumerate(y):
+        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+    return out.to(device)
 
 
 def make_pad_mask(lengths: torch.Tensor, max_len: int = 0) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from icefall_cif.decode.beam_search import Hypothesis, NBest, rerank_nbest
 from icefall_cif.model_contract import CifModel
+from icefall_cif.utils import pad_token_ids
 
 
 def _expand(x: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
@@ -26,11 +27,8 @@ def _expand(x: torch.Tensor, index: Sequence[int]) -> torch.Tensor:
 
 
 def _padded(seqs: List[List[int]], pad: int, device: torch.device):
-    width = max((len(s) for s in seqs), default=0)
-    y = torch.full((len(seqs), width), pad, dtype=torch.int64, device=device)
-    for i, s in enumerate(seqs):
-        y[i, : len(s)] = torch.tensor(s, dtype=torch.int64, device=device)
-    return y, torch.tensor([len(s) for s in seqs], dtype=torch.int64, device=device)
+    """(H, max len) padded ids and their (H,) lengths."""
+    return pad_token_ids(seqs, pad, device), torch.tensor([len(s) for s in seqs], dtype=torch.int64, device=device)
 
 
 def ctc_log_likelihoods(

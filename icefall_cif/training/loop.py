@@ -43,7 +43,7 @@ from icefall_cif.dist import cleanup_dist, get_local_rank, get_world_size, is_to
 from icefall_cif.model_contract import check_model, weighted_loss
 from icefall_cif.optim import Eden, ScaledAdam
 from icefall_cif.recipe import Recipe
-from icefall_cif.tokenizer import Tokenizer, token_table, token_table_digest
+from icefall_cif.tokenizer import Tokenizer, token_table
 from icefall_cif.training.options import check_options, get_params, get_parser
 from icefall_cif.training.preemption import Preempted, PreemptionFlag, ignore_in_launcher
 from icefall_cif.training.records import TrainingRecords
@@ -493,7 +493,6 @@ def _train(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe,
     tokenizer = Tokenizer.from_lang_dir(params.lang_dir)
     params.vocab_size = tokenizer.vocab_size
     params.blank_id = tokenizer.blank_id
-    params.token_table_digest = token_table_digest(tokenizer)
     model_config = config_from_options(recipe.model_config, params)
     loss_config = config_from_options(LossConfig, params)
     logging.info(f"Options: {dict(params)}")

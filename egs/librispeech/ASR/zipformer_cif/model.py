@@ -33,7 +33,7 @@ from zipformer import SimpleDownsample
 from icefall_cif.cif import CifPredictor, CifPredictorOutput
 from icefall_cif.config import LossConfig
 from icefall_cif.model_contract import DecoderHead
-from icefall_cif.utils import make_pad_mask
+from icefall_cif.utils import make_pad_mask, pad_token_ids
 
 # The decoder types. Besides the DecoderHead methods, a head class provides
 # `build_networks(config, cif_dim) -> {name: module}` and `from_networks(config, cif_dim, networks)`
@@ -112,15 +112,6 @@ class ModelConfig:
     vocab_size: Optional[int] = field(default=None, metadata={"internal": True})
     blank_id: int = field(default=0, metadata={"internal": True})
     feature_dim: int = field(default=80, metadata={"internal": True})
-
-
-def pad_token_ids(y: List[List[int]], pad_value: int, device: torch.device) -> torch.Tensor:
-    """Right-pad ragged token ids to (N, max(len)) int64 (width 0 if every list is empty)."""
-    width = max((len(seq) for seq in y), default=0)
-    out = torch.full((len(y), width), pad_value, dtype=torch.int64)
-    for i, seq in enumerate(y):
-        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
-    return out.to(device)
 
 
 class CifAsrModel(nn.Module):
