@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from icefall_cif.optim import Eden, ScaledAdam
+from icefall_parity_model import TinyModel
 from subsampling import Conv2dSubsampling
 from zipformer import Zipformer2
 
@@ -114,32 +115,6 @@ def test_mask_padding_keeps_a_full_length_utterance(variant, encoder_input):
     _, _, out, out_lens = run(embed, encoder, x, x_lens)
     assert torch.equal(out_lens, ref["encoder_out_lens"])
     assert (out[0] - ref["encoder_out"][0]).abs().max().item() < ENCODER_ATOL
-
-
-class TinyModel(torch.nn.Module):
-    """Same as tools/record_icefall_reference.py's TinyModel (load_state_dict checks names)."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.lin1 = torch.nn.Linear(c["in_dim"], c["hidden"])
-        self.lin2 = torch.nn.Linear(c["hidden"], c["hidden"])
-        self.out = torch.nn.Linear(c["hidden"], c["out_dim"])
-        self.gain = torch.nn.Parameter(torch.tensor(0.7))
-        self.offset = torch.nn.Parameter(torch.tensor([0.1]))
-        self.extra = torch.nn.Parameter(torch.full((c["hidden"],), 0.3))
-
-    def forward(self, x, step):
-        h = torch.tanh(self.lin1(x))
-        if step % 2 == 0:
-            h = h * (1.0 + self.extra)
-        h = torch.tanh(self.lin2(h))
-        return self.out(h) * self.gain + self.offset
-
-    def param_groups(self, group1_lr):
-        named = dict(self.named_parameters())
-        g0 = [(n, named[n]) for n in ("lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias", "extra")]
-        g1 = [(n, named[n]) for n in ("out.weight", "out.bias", "gain", "offset")]
-        return [{"named_params": g0}, {"named_params": g1, "lr": group1_lr}]
 
 
 def test_scaled_adam_and_eden_follow_icefalls_trajectory(caplog):

@@ -44,6 +44,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The optimizer run's model is defined once, next to the test that replays it.
+sys.path.insert(0, str(REPO / "test"))
+from icefall_parity_model import TinyModel  # noqa: E402
 DEFAULT_OUT = REPO / "test" / "fixtures" / "icefall_reference"
 
 ICEFALL_FILES = {
@@ -225,32 +228,6 @@ def record_encoder(cfg, seed):
         embed_out=y, embed_out_lens=y_lens,
         encoder_out=out.permute(1, 0, 2).contiguous(), encoder_out_lens=out_lens,
     ), n_params
-
-
-class TinyModel(torch.nn.Module):
-    """Kept identical to test/test_icefall_parity.py's TinyModel (the test checks the names)."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.lin1 = torch.nn.Linear(c["in_dim"], c["hidden"])
-        self.lin2 = torch.nn.Linear(c["hidden"], c["hidden"])  # bias stacks with lin1.bias
-        self.out = torch.nn.Linear(c["hidden"], c["out_dim"])
-        self.gain = torch.nn.Parameter(torch.tensor(0.7))  # 0-dim scalar
-        self.offset = torch.nn.Parameter(torch.tensor([0.1]))  # (1,) scalar
-        self.extra = torch.nn.Parameter(torch.full((c["hidden"],), 0.3))  # used on even steps only
-
-    def forward(self, x, step):
-        h = torch.tanh(self.lin1(x))
-        if step % 2 == 0:
-            h = h * (1.0 + self.extra)
-        h = torch.tanh(self.lin2(h))
-        return self.out(h) * self.gain + self.offset
-
-    def param_groups(self, group1_lr):
-        named = dict(self.named_parameters())
-        g0 = [(n, named[n]) for n in ("lin1.weight", "lin1.bias", "lin2.weight", "lin2.bias", "extra")]
-        g1 = [(n, named[n]) for n in ("out.weight", "out.bias", "gain", "offset")]
-        return [{"named_params": g0}, {"named_params": g1, "lr": group1_lr}]
 
 
 def optim_data(c):
