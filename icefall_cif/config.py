@@ -122,6 +122,13 @@ class LossConfig:
 
     ctc_loss_scale: float = field(default=0.5, metadata={"help": "Weight of the CTC loss."})
     quantity_loss_scale: float = field(default=1.0, metadata={"help": "Weight of the CIF quantity loss."})
+    cif_align_loss_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the CIF alignment loss: the CIF accumulation at each token's CTC spike "
+            "(Viterbi alignment of the CTC head) should be half-way through that token; 0 = off."
+        },
+    )
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the CE loss."})
     prune_range: int = field(
         default=5, metadata={"help": "Symbols kept per CIF vector by the pruned RNN-T loss."}

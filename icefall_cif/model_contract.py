@@ -202,12 +202,11 @@ def decoding_methods(model: CifModel) -> List[str]:
 
 
 def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
-    """{loss name: weight}: the CTC and quantity losses first, then the head's terms."""
-    return {
-        "ctc_loss": config.ctc_loss_scale,
-        "quantity_loss": config.quantity_loss_scale,
-        **model.head.loss_weights(config, batch_idx_train),
-    }
+    """{loss name: weight}: the CTC, quantity (and CIF alignment) losses first, then the head's terms."""
+    weights = {"ctc_loss": config.ctc_loss_scale, "quantity_loss": config.quantity_loss_scale}
+    if config.cif_align_loss_scale > 0:
+        weights["cif_align_loss"] = config.cif_align_loss_scale
+    return {**weights, **model.head.loss_weights(config, batch_idx_train)}
 
 
 def weighted_loss(

@@ -33,6 +33,8 @@ esac
 : "${REF_DURATION:=0.1}" "${AVERAGE_PERIOD:=10}" "${WARM_STEP:=300}" "${NUM_THREADS:=2}"
 # Weight of the CTC head's score in the joint method's row (chosen on dev-clean, RESULTS.md).
 : "${CTC_WEIGHT:=0.3}"
+# Extra train.py options for experiments, e.g. TRAIN_OPTS="--cif-align-loss-scale 1.0".
+: "${TRAIN_OPTS:=}"
 
 case "$corpus" in
   librispeech)
@@ -118,7 +120,8 @@ timed "train" env OMP_NUM_THREADS="$NUM_THREADS" "$python" ./zipformer_cif/train
   --lang-dir "$lang_dir" --exp-dir "$EXP_DIR" --num-epochs "$NUM_EPOCHS" \
   --max-duration "$MAX_DURATION" --base-lr "$BASE_LR" --lr-batches "$LR_BATCHES" --lr-epochs "$LR_EPOCHS" \
   --warmup-batches 100 --average-period "$AVERAGE_PERIOD" --save-every-n 200 --keep-last-k 3 --log-interval 20 \
-  --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION" --num-threads "$NUM_THREADS"
+  --num-workers 1 --enable-spec-aug 0 --start-epoch 1 --ref-duration "$REF_DURATION" --num-threads "$NUM_THREADS" \
+  $TRAIN_OPTS
 
 methods=(greedy_search)
 # The joint CIF + CTC method: the transducer rescores the CTC head's n-best (the CE heads cannot

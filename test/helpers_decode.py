@@ -73,7 +73,7 @@ def decoder_losses(
     config = LossConfig(warm_step=0)
     cif_out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
     losses = {
-        "ctc_loss": model.forward_ctc(encoder_out, encoder_out_lens, y, y_lens),
+        "ctc_loss": model.forward_ctc(model.ctc_log_probs(encoder_out), encoder_out_lens, y, y_lens),
         "quantity_loss": cif_out.quantity_loss,
         **model.head.loss(cif_out, encoder_out, encoder_out_lens, y, y_lens, config),
     }

@@ -98,7 +98,8 @@ def compute_loss(
     inner = unwrap_model(model)
     losses = model(feature, feature_lens, y, loss_config)
     loss = weighted_loss(inner, losses, loss_config, params.batch_idx_train)
-    info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "quantity_loss": "utterances"})
+    info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "cif_align_loss": "tokens",
+                                     "quantity_loss": "utterances"})
     # The CIF frames the model integrates over: the per-frame loss normaliser.
     info["frames"] = float(inner.num_output_frames(feature_lens).sum())
     info["tokens"] = float(sum(len(t) for t in y))

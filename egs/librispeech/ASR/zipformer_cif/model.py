@@ -30,6 +30,7 @@ from scaling import set_batch_count
 from transducer_head import TransducerHead
 from zipformer import SimpleDownsample
 
+from icefall_cif.alignment import cif_alignment_loss, ctc_forced_align
 from icefall_cif.cif import CifPredictor, CifPredictorOutput
 from icefall_cif.config import LossConfig
 from icefall_cif.model_contract import DecoderHead
@@ -276,13 +277,12 @@ class CifAsrModel(nn.Module):
     # ------------------------------------------------------------------ losses
     def forward_ctc(
         self,
-        encoder_out: torch.Tensor,
+        log_probs: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
         y_lens: torch.Tensor,
     ) -> torch.Tensor:
-        """CTC loss summed over the batch; y_padded (N, U), y_lens (N,)."""
-        log_probs = self.ctc_log_probs(encoder_out)
+        """CTC loss summed over the batch; log_probs (N, T', V), y_padded (N, U), y_lens (N,)."""
         valid = make_pad_mask(y_lens, y_padded.size(1)).logical_not()
         return F.ctc_loss(
             log_probs=log_probs.permute(1, 0, 2).float(),
@@ -311,8 +311,9 @@ class CifAsrModel(nn.Module):
           y: N token-id lists (no blank, no sos/eos).
           loss_config: the training-only loss settings (smoothing, prune range, ...).
         Returns:
-          scalar tensors summed over the batch: "ctc_loss", "quantity_loss", then the head's
-          (`head.loss_names`: "simple_loss" and "pruned_loss", or "ce_loss").
+          scalar tensors summed over the batch: "ctc_loss", "quantity_loss", "cif_align_loss"
+          when `loss_config.cif_align_loss_scale` > 0, then the head's (`head.loss_names`:
+          "simple_loss" and "pruned_loss", or "ce_loss").
         """
         if x.ndim != 3 or x_lens.shape != (x.size(0),) or len(y) != x.size(0):
             raise ValueError(
@@ -324,9 +325,15 @@ class CifAsrModel(nn.Module):
         y_padded = pad_token_ids(y, self.blank_id, device)
         y_lens = torch.tensor([len(seq) for seq in y], dtype=torch.int64, device=device)
 
-        ctc_loss = self.forward_ctc(encoder_out, encoder_out_lens, y_padded, y_lens)
+        ctc_log_probs = self.ctc_log_probs(encoder_out)
+        ctc_loss = self.forward_ctc(ctc_log_probs, encoder_out_lens, y_padded, y_lens)
         cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
         losses = {"ctc_loss": ctc_loss, "quantity_loss": cif_out.quantity_loss}
+        if loss_config.cif_align_loss_scale > 0:
+            spikes = ctc_forced_align(ctc_log_probs, encoder_out_lens, y_padded, y_lens, self.blank_id)
+            # CTC frames -> CIF frames (-1, "no alignment", stays negative).
+            cif_frames = torch.where(spikes >= 0, spikes // self.cif_downsample_factor, spikes)
+            losses["cif_align_loss"] = cif_alignment_loss(cif_out.alpha, cif_frames)
         losses.update(self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config))
         return losses
 
