@@ -84,11 +84,22 @@ def test_cif_alignment_loss_is_the_formula_and_has_its_gradient():
     alpha = torch.tensor([[0.2, 0.6, 0.5, 0.9, 0.0], [0.5, 0.5, 0.5, 0.0, 0.0]], requires_grad=True)
     frames = torch.tensor([[1, 3], [0, -1]])
     loss = cif_alignment_loss(alpha, frames)
-    # c = [0.2, 0.8, 1.3, 2.2, 2.2] and [0.5, 1.0, 1.5, ...]: |0.8 - 0.5| + |2.2 - 1.5| + |0.5 - 0.5|
-    assert loss.item() == pytest.approx(0.3 + 0.7 + 0.0)
+    # c = [0.2, 0.8, 1.3, 2.2, 2.2] and [0.5, 1.0, 1.5, ...]:
+    # |0.8 + 0.5 - 1| + |(2.2 - 0.8) - 1| + |0.5 + 0.5 - 1|
+    assert loss.item() == pytest.approx(0.3 + 0.4 + 0.0)
     loss.backward()
-    # d|c_1 - .5|/d alpha_t = +1 for t <= 1; d|c_3 - 1.5| = +1 for t <= 3.
-    assert alpha.grad[0].tolist() == pytest.approx([2.0, 2.0, 1.0, 1.0, 0.0])
+    # Frames 0-1 are the first segment (error +0.3), frames 2-3 the second (+0.4), frame 4 none.
+    assert alpha.grad[0].tolist() == pytest.approx([1.0, 1.0, 1.0, 1.0, 0.0])
+
+
+def test_cif_alignment_loss_charges_a_misplaced_fire_locally():
+    frames = torch.tensor([[1, 3, 5, 7, 9]])
+    right = torch.tensor([[0.25, 0.25, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]])
+    early = right.clone()
+    early[0, 0] += 0.5  # half a token too much before the first spike
+    # |c_{f_u} - (u - 1/2)| would charge all five tokens 0.5; the per-segment form only the first.
+    assert cif_alignment_loss(right, frames).item() == pytest.approx(0.0)
+    assert cif_alignment_loss(early, frames).item() == pytest.approx(0.5)
 
 
 def test_cif_alignment_loss_is_zero_when_cif_is_half_way_at_every_spike():

@@ -312,7 +312,7 @@ class CifAsrModel(nn.Module):
           loss_config: the training-only loss settings (smoothing, prune range, ...).
         Returns:
           scalar tensors summed over the batch: "ctc_loss", "quantity_loss", "cif_align_loss"
-          when `loss_config.cif_align_loss_scale` > 0, then the head's (`head.loss_names`:
+          when `loss_config.cif_align_loss_scale` > 0 or in eval mode, then the head's (`head.loss_names`:
           "simple_loss" and "pruned_loss", or "ce_loss").
         """
         if x.ndim != 3 or x_lens.shape != (x.size(0),) or len(y) != x.size(0):
@@ -329,7 +329,8 @@ class CifAsrModel(nn.Module):
         ctc_loss = self.forward_ctc(ctc_log_probs, encoder_out_lens, y_padded, y_lens)
         cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
         losses = {"ctc_loss": ctc_loss, "quantity_loss": cif_out.quantity_loss}
-        if loss_config.cif_align_loss_scale > 0:
+        # Validation always measures it: how far the fires are from the CTC head's spikes.
+        if loss_config.cif_align_loss_scale > 0 or not self.training:
             spikes = ctc_forced_align(ctc_log_probs, encoder_out_lens, y_padded, y_lens, self.blank_id)
             # CTC frames -> CIF frames (-1, "no alignment", stays negative).
             cif_frames = torch.where(spikes >= 0, spikes // self.cif_downsample_factor, spikes)
