@@ -329,6 +329,8 @@ class CifPredictor(nn.Module):
       threshold: firing threshold beta.
       tail_threshold: remainder above which a final token fires at inference; None disables.
       eps: added to sum(alpha) when scaling to the target length.
+      extra_dim: channels of an optional side input concatenated to h before the predictor
+        (e.g. the CTC head's non-blank probability); 0 = none.
     """
 
     WEIGHT_TYPES = ("conv", "dense", "linear")
@@ -343,6 +345,7 @@ class CifPredictor(nn.Module):
         threshold: float = 0.99,
         tail_threshold: Optional[float] = 0.5,
         eps: float = 1e-8,
+        extra_dim: int = 0,
     ) -> None:
         super().__init__()
         if weight_type not in self.WEIGHT_TYPES:
@@ -355,6 +358,8 @@ class CifPredictor(nn.Module):
         self.threshold = threshold
         self.tail_threshold = tail_threshold
         self.eps = eps
+        self.extra_dim = extra_dim
+        input_dim += extra_dim
         if weight_type == "conv":
             if conv_width < 1 or conv_width % 2 == 0:
                 raise ValueError(
@@ -369,16 +374,29 @@ class CifPredictor(nn.Module):
         else:
             self.weight_proj = nn.Linear(input_dim, 1)
 
-    def compute_weights(self, h: torch.Tensor, h_lens: torch.Tensor) -> torch.Tensor:
+    def compute_weights(
+        self, h: torch.Tensor, h_lens: torch.Tensor, extra: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Per-frame weights alpha.
 
         Args:
           h: (N, T, C) encoder output.
           h_lens: (N,) number of valid frames.
+          extra: (N, T, extra_dim) side input, required iff extra_dim > 0.
         Returns:
           (N, T) float32 alpha in (0, 1), exactly 0 at padded frames.
         """
         valid = torch.arange(h.shape[1], device=h.device) < h_lens.to(h.device).unsqueeze(1)
+        if (extra is None) != (self.extra_dim == 0):
+            raise ValueError(
+                f"this predictor takes {self.extra_dim} extra input channels, got "
+                f"{'none' if extra is None else tuple(extra.shape)}"
+            )
+        if extra is not None:
+            if extra.shape != (*h.shape[:2], self.extra_dim):
+                raise ValueError(f"extra must be (N, T, {self.extra_dim}) = {(*h.shape[:2], self.extra_dim)}, "
+                                 f"got {tuple(extra.shape)}")
+            h = torch.cat([h, extra.to(h.dtype)], dim=-1)
         if self.weight_type == "conv":
             # Zero the padding first so the conv's receptive field at the last valid frames
             # does not depend on whatever the padded frames contain.
@@ -398,6 +416,7 @@ class CifPredictor(nn.Module):
         h: torch.Tensor,
         h_lens: torch.Tensor,
         target_lengths: Optional[torch.Tensor] = None,
+        extra: Optional[torch.Tensor] = None,
     ) -> CifPredictorOutput:
         """Predict weights and integrate-and-fire.
 
@@ -405,11 +424,12 @@ class CifPredictor(nn.Module):
           h: (N, T, C) encoder output.
           h_lens: (N,) number of valid frames.
           target_lengths: (N,) number of tokens per utterance, or None at inference.
+          extra: (N, T, extra_dim) side input of the weight predictor (not integrated).
         Returns:
           CifPredictorOutput(cif (N, U, C), cif_lens (N,), alpha (N, T), fire_frames (N, U),
           quantity_loss scalar or None).
         """
-        alpha = self.compute_weights(h, h_lens)
+        alpha = self.compute_weights(h, h_lens, extra)
         if target_lengths is None:
             out = integrate_and_fire(h, alpha, h_lens, self.threshold, self.tail_threshold)
             return CifPredictorOutput(out.cif, out.cif_lens, alpha, out.fire_frames, None)

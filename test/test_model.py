@@ -159,6 +159,40 @@ def test_forward_shapes_and_loss_keys(decoder_type):
         assert infer_cif.quantity_loss is None and infer_cif.cif.size(0) == 3
 
 
+def test_cif_alignment_loss_and_ctc_input_are_wired_in():
+    g = torch.Generator().manual_seed(4)
+    model = get_model(small_config("cif_transducer", cif_ctc_input=True))
+    assert model.cif_predictor.conv.in_channels == 64 + 1
+    x, x_lens, ys = random_batch(3, g)
+    config = LossConfig(cif_align_loss_scale=0.5)
+    out = model(x, x_lens, ys, config)
+    weights = loss_weights(model, config, 0)
+    assert "cif_align_loss" in out and weights["cif_align_loss"] == 0.5
+    weighted_loss(model, out, config, 0).backward()
+    conv_grad = model.cif_predictor.conv.weight.grad  # (hidden, C + 1, width)
+    assert conv_grad[:, -1].abs().sum() > 0, "the CTC input channel gets no gradient"
+    # Detached: the CIF losses do not reach the CTC head through its input to the predictor.
+    model.zero_grad(set_to_none=True)
+    out = model(x, x_lens, ys, config)
+    (out["quantity_loss"] + out["cif_align_loss"]).backward()
+    assert all(p.grad is None for p in model.ctc_output.parameters())
+
+    # Off in training unless asked for; always measured in validation.
+    assert "cif_align_loss" not in model(x, x_lens, ys, LossConfig())
+    with torch.no_grad():
+        assert "cif_align_loss" in model.eval()(x, x_lens, ys, LossConfig())
+
+    # The extra channel is the CTC head's non-blank mass per CIF frame (2 encoder frames).
+    with torch.no_grad():
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        spikes = model.ctc_spike_input(enc, enc_lens)
+        non_blank = 1 - model.ctc_log_probs(enc)[..., model.blank_id].exp()
+        i, t = 0, int(enc_lens[0]) - 1
+        expected = non_blank[i, t] if t % 2 == 0 else non_blank[i, t - 1] + non_blank[i, t]
+        assert spikes.shape == (3, (enc.size(1) + 1) // 2, 1)
+        assert spikes[i, t // 2, 0].item() == pytest.approx(expected.item(), abs=1e-5)
+
+
 @pytest.mark.parametrize("decoder_type", DECODER_TYPES)
 def test_losses_match_naive_references(decoder_type):
     g = torch.Generator().manual_seed(2)
@@ -373,10 +407,12 @@ def test_checkpoints_from_before_the_heads_load(decoder_type):
     assert other.adaptive_state() == {k: v / 2 for k, v in state.items()}
 
 
-@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
-def test_random_model_is_padding_invariant(decoder_type):
+@pytest.mark.parametrize(
+    "decoder_type,ctc_input", [(t, False) for t in DECODER_TYPES] + [("cif_transducer", True)]
+)
+def test_random_model_is_padding_invariant(decoder_type, ctc_input):
     g = torch.Generator().manual_seed(3)
-    model = get_model(small_config(decoder_type)).eval()
+    model = get_model(small_config(decoder_type, cif_ctc_input=ctc_input)).eval()
     x, x_lens, _ = random_batch(3, g)
     with torch.no_grad():
         enc, enc_lens = model.forward_encoder(x, x_lens)

@@ -95,6 +95,11 @@ class ModelConfig:
     cif_conv_width: int = field(default=3, metadata={"help": "Kernel of the conv weight predictor."})
     cif_hidden_dim: int = field(default=256, metadata={"help": "Hidden channels of the weight predictor."})
     cif_dropout: float = field(default=0.1, metadata={"help": "Dropout of the conv weight predictor."})
+    cif_ctc_input: bool = field(
+        default=False,
+        metadata={"help": "Give the weight predictor the CTC head's non-blank probability (summed over "
+                          "each CIF frame's encoder frames, no gradient into the CTC head) as an extra input."},
+    )
     cif_threshold: float = field(default=0.99, metadata={"help": "CIF firing threshold beta."})
     tail_threshold: float = field(
         default=0.5,
@@ -268,7 +273,23 @@ class CifAsrModel(nn.Module):
           -1 at padding) and quantity_loss (None without targets).
         """
         h, h_lens = self.downsample_for_cif(encoder_out, encoder_out_lens)
-        return self.cif_predictor(h, h_lens, target_lengths)
+        extra = self.ctc_spike_input(encoder_out, encoder_out_lens) if self.cif_predictor.extra_dim else None
+        return self.cif_predictor(h, h_lens, target_lengths, extra)
+
+    def ctc_spike_input(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> torch.Tensor:
+        """(N, T', C), (N,) -> (N, ceil(T'/d), 1): the CTC head's non-blank probability summed
+        over the d encoder frames of each CIF frame (about the number of CTC spikes in it).
+
+        Detached: the CTC head is trained by its own loss, not bent to suit the predictor.
+        Padded encoder frames count 0, so the result does not depend on the batch.
+        """
+        with torch.no_grad():
+            non_blank = -torch.expm1(self.ctc_log_probs(encoder_out)[..., self.blank_id].float())  # (N, T')
+            non_blank = non_blank.masked_fill(make_pad_mask(encoder_out_lens, non_blank.size(1)), 0.0)
+            d = self.cif_downsample_factor
+            pad = (-non_blank.size(1)) % d
+            non_blank = F.pad(non_blank, (0, pad))
+            return non_blank.view(non_blank.size(0), -1, d).sum(dim=2, keepdim=True)
 
     def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
         """(N, T', C) encoder output -> (N, T', vocab_size) CTC log-probs."""
@@ -389,6 +410,7 @@ def get_model(config: ModelConfig) -> CifAsrModel:
         dropout=config.cif_dropout,
         threshold=config.cif_threshold,
         tail_threshold=tail,
+        extra_dim=1 if config.cif_ctc_input else 0,
     )
     head_class = HEADS[config.decoder_type]
     # Built in the order the random initialisation has always drawn in (the decoder networks,
