@@ -1,41 +1,55 @@
 """Pruned RNN-T loss (Kuang et al., 2022) with k2's API, in pure PyTorch.
 
-The public functions keep the names, argument names, shapes and reductions of
-`k2/python/k2/rnnt_loss.py`, so that recipe code calls them exactly as icefall calls k2.
-When k2 is importable every function delegates to it (k2's CUDA/C++ recursion is faster);
-otherwise, or when `USE_K2` is False / the environment has `ICEFALL_CIF_PURE_RNNT=1`, the
-pure-PyTorch implementation below runs.
-
-Only the "regular" RNN-T topology is implemented (k2's `rnnt_type="regular"`: emitting a
-symbol keeps the frame, only the termination/blank symbol advances it); `delay_penalty`,
-`use_hat_loss` and the "modified"/"constrained" variants are not.
+The public functions keep the names, argument names, defaults, shapes and reductions of
+`k2/python/k2/rnnt_loss.py` and `k2/python/k2/mutual_information.py`, so that recipe code
+calls them exactly as icefall calls k2. When k2 is importable every function delegates to it
+(k2's CUDA/C++ recursion is faster); otherwise, or when `USE_K2` is False / the environment
+has `ICEFALL_CIF_PURE_RNNT=1`, the pure-PyTorch implementation below runs.
 
 Conventions (as in k2), with B the batch size, T the number of frames, S the number of
 symbols (U in the model code; docs/transducer.md) and C the vocabulary size:
 
-- `px` (B, S, T+1): log-prob of the arc (s, t) -> (s+1, t), i.e. emitting symbol s on frame
-  t; column T (and column `boundary[b, 3]`) is -inf because no symbol can be emitted on the
-  one-past-the-last frame.
+- `rnnt_type` chooses the lattice topology:
+  "regular": emitting a symbol keeps the frame; only the termination (blank) symbol advances
+  it, so any number of symbols may go on one frame.
+  "modified": every emission advances the frame, a symbol or a blank, so at most one symbol
+  per frame (needs T_b >= U_b).
+  "constrained": the modified lattice, but emitting symbol s on frame t also pays the blank of
+  the next context (s+1 symbols) on that same frame.
+- `px`: log-prob of the symbol arcs, of shape (B, S, T+1) for "regular" and (B, S, T)
+  otherwise. Regular: px[b, s, t] is the arc (s, t) -> (s+1, t); column T (and column
+  `boundary[b, 3]`) is -inf because no symbol can be emitted on the one-past-the-last frame.
+  Modified/constrained: px[b, s, t] is the arc (s, t) -> (s+1, t+1).
 - `py` (B, S+1, T): log-prob of the arc (s, t) -> (s, t+1), i.e. the termination (blank)
   symbol after s symbols on frame t.
 - `boundary` (B, 4) int64 rows `[s_begin, t_begin, s_end, t_end]`, usually `[0, 0, U_b, T_b]`;
   None means `[0, 0, S, T]` for every row.
 - The per-sequence score is the forward score p[b, s_end, t_end] of
       p[b, s_begin, t_begin] = 0
-      p[b, s, t] = logaddexp(p[b, s-1, t] + px[b, s-1, t], p[b, s, t-1] + py[b, s, t-1]);
+      regular:  p[b, s, t] = logaddexp(p[b, s-1, t] + px[b, s-1, t], p[b, s, t-1] + py[b, s, t-1])
+      modified: p[b, s, t] = logaddexp(p[b, s-1, t-1] + px[b, s-1, t-1], p[b, s, t-1] + py[b, s, t-1])
   the loss is its negation.
+- `delay_penalty` > 0 adds delay_penalty * ((T_b - 1) / 2 - t) to px[b, :, t] (k2 issue
+  955): earlier symbols score higher, which counters the drift towards late emission that
+  time masking and streaming encoders cause; centring on the middle frame keeps the loss
+  value of a uniformly spread alignment where it was.
+- `use_hat_loss` (pruned loss only) reads the joiner output as a Hybrid Autoregressive
+  Transducer (Variani et al., 2020): blank is a Bernoulli on logit 0, the other symbols a
+  softmax over logits 1..C-1 scaled by P(not blank); it needs termination_symbol = 0.
 
-The recursion only depends along anti-diagonals d = s + t, so it runs as one vectorized
-step per diagonal (T + S steps in all). Gradients are not taken through that loop: a second
-forward pass over the reversed lattice gives the backward scores, and from both the exact
-arc occupation probabilities, which are d(score)/d(px) and d(score)/d(py). That keeps
-memory at a few lattice-sized (B, S+1, T+1) tensors and gives `return_grad` for free.
+In both topologies every arc leads from one "step" of the lattice to the next (regular:
+the anti-diagonal d = s + t; modified: the frame t), so the recursion runs as one vectorized
+update per step. Gradients are not taken through that loop: a second forward pass over the
+reversed lattice gives the backward scores, and from both the exact arc occupation
+probabilities, which are d(score)/d(px) and d(score)/d(py). That keeps memory at a few
+lattice-sized tensors and gives `return_grad` for free.
 """
 import logging
 import os
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -49,6 +63,7 @@ except ImportError:
 USE_K2: bool = os.environ.get("ICEFALL_CIF_PURE_RNNT", "0") != "1"
 
 _REDUCTIONS = ("none", "mean", "sum")
+_RNNT_TYPES = ("regular", "modified", "constrained")
 _NEG_INF = float("-inf")
 
 
@@ -70,6 +85,23 @@ def _reduce(loss: Tensor, reduction: str) -> Tensor:
 def _check_reduction(reduction: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction should be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def _check_rnnt_type(rnnt_type: str) -> None:
+    if rnnt_type not in _RNNT_TYPES:
+        raise ValueError(f"rnnt_type should be one of {_RNNT_TYPES}, got {rnnt_type!r}")
+
+
+def _check_delay_penalty(delay_penalty: float) -> None:
+    # k2 silently ignores a negative value; here it is an error rather than a no-op.
+    if not delay_penalty >= 0.0:
+        raise ValueError(f"delay_penalty must be >= 0 (0 disables it), got {delay_penalty}")
+
+
+def _check_loss_options(reduction: str, rnnt_type: str, delay_penalty: float) -> None:
+    _check_reduction(reduction)
+    _check_rnnt_type(rnnt_type)
+    _check_delay_penalty(delay_penalty)
 
 
 def _full_boundary(B: int, S: int, T: int, device: torch.device) -> Tensor:
@@ -97,6 +129,24 @@ def _check_boundary(boundary: Tensor, B: int, S: int, T: int) -> None:
         )
 
 
+def _check_lattice(boundary: Optional[Tensor], B: int, S: int, T: int, rnnt_type: str) -> None:
+    """Validate boundary and, for the one-symbol-per-frame topologies, that T_b >= U_b."""
+    if boundary is not None:
+        _check_boundary(boundary, B, S, T)
+    if rnnt_type == "regular":
+        return
+    if boundary is None:
+        num_symbols, num_frames = torch.tensor([S]), torch.tensor([T])
+    else:
+        num_symbols, num_frames = boundary[:, 2] - boundary[:, 0], boundary[:, 3] - boundary[:, 1]
+    if bool((num_frames < num_symbols).any()):
+        raise ValueError(
+            f"rnnt_type={rnnt_type!r} emits at most one symbol per frame, so it needs "
+            f"num_frames >= num_symbols; got frames {num_frames.tolist()} for symbols "
+            f"{num_symbols.tolist()} (boundary columns 3 and 2)"
+        )
+
+
 def _check_symbols(symbols: Tensor, B: int, S: int, C: int) -> None:
     if symbols.dtype != torch.int64 or symbols.shape != (B, S):
         raise ValueError(
@@ -110,6 +160,22 @@ def _check_symbols(symbols: Tensor, B: int, S: int, C: int) -> None:
 def _check_termination_symbol(termination_symbol: int, C: int) -> None:
     if not 0 <= termination_symbol < C:
         raise ValueError(f"termination_symbol={termination_symbol} is not in [0, C={C})")
+
+
+def _check_px_py(px: Tensor, py: Tensor, what: str = "px and py") -> Tuple[int, int, int]:
+    """Returns (B, S, T) of a valid pair px (B, S, T+1) or (B, S, T), py (B, S+1, T)."""
+    if px.ndim != 3 or py.ndim != 3:
+        raise ValueError(f"{what} must be 3-D, got {tuple(px.shape)} and {tuple(py.shape)}")
+    B, S, T1 = px.shape
+    T = py.shape[2]
+    if T1 not in (T, T + 1) or py.shape != (B, S + 1, T):
+        raise ValueError(
+            f"expected {what} of shapes (B, S, T+1) (regular) or (B, S, T) (modified/constrained) "
+            f"and (B, S+1, T), got {tuple(px.shape)} and {tuple(py.shape)}"
+        )
+    if px.dtype != py.dtype:
+        raise ValueError(f"{what} must have the same dtype, got {px.dtype} and {py.dtype}")
+    return B, S, T
 
 
 # --------------------------------------------------------------------------------------
@@ -137,15 +203,16 @@ def _gather_grid(x: Tensor, rows: Tensor, cols: Tensor, valid: Tensor) -> Tensor
 
 
 def _forward_scores(x_in: Tensor, y: Tensor) -> Tensor:
-    """Forward scores of lattices that all start at (0, 0), stored by anti-diagonal.
+    """Forward scores of lattices that all start at (0, 0), stored by step.
 
     Args:
-      x_in: (D, B, S+1); x_in[d, b, s] is the score of the arc (s-1, t) -> (s, t) where
-        (s-1) + t = d, i.e. the x-arc leaving diagonal d into (s, d+1-s); -inf for s = 0.
-      y: (D, B, S+1); y[d, b, s] is the score of the arc (s, t) -> (s, t+1), t = d - s.
+      x_in: (D, B, S+1); x_in[d, b, s] is the score of the symbol arc that leaves step d at
+        symbol s-1 and enters step d+1 at symbol s; -inf for s = 0.
+      y: (D, B, S+1); y[d, b, s] is the score of the blank arc that leaves step d at symbol s
+        and enters step d+1 at symbol s.
     Returns:
-      (D, B, S+2): entry [d, b, s+1] is the forward score alpha(s, d - s); column 0 is an
-      always -inf sentinel that stands for s = -1.
+      (D, B, S+2): entry [d, b, s+1] is the forward score of symbol s at step d; column 0 is
+      an always -inf sentinel that stands for s = -1.
     """
     D, B, S1 = y.shape
     alpha = torch.full((D, B, S1 + 1), _NEG_INF, dtype=y.dtype, device=y.device)
@@ -162,51 +229,59 @@ def _scores_and_occupation(
     """The recursion's total scores and (optionally) the arc occupation probabilities.
 
     Args:
-      px: (B, S, T+1), py: (B, S+1, T), boundary: (B, 4) (validated).
+      px: (B, S, T+1) (regular) or (B, S, T) (modified), py: (B, S+1, T),
+      boundary: (B, 4) (validated).
     Returns:
-      scores (B,); px_occ (B, S, T+1) and py_occ (B, S+1, T), or None when not needed.
+      scores (B,); px_occ shaped as px and py_occ (B, S+1, T), or None when not needed.
       Occupations are 0 for sequences whose score is -inf (no complete path).
     """
     B, S, T1 = px.shape
+    T = py.shape[2]
+    # m = 1 where a symbol arc also advances the frame (modified); the step of node (s, t)
+    # relative to the lattice's start is then t, otherwise s + t.
+    m = int(T1 == T)
     device = px.device
     sb, tb, se, te = (boundary[:, i].reshape(B, 1, 1) for i in range(4))
-    lengths = (se - sb) + (te - tb)  # (B, 1, 1): index of each lattice's final diagonal
-    D = int(lengths.max()) + 1 if B > 0 else 1
+    num_s, num_t = se - sb, te - tb  # (B, 1, 1)
+    final = (1 - m) * num_s + num_t  # each lattice's last step
+    D = int(final.max()) + 1 if B > 0 else 1
     d = torch.arange(D, device=device).reshape(1, D, 1)
     s = torch.arange(S + 1, device=device).reshape(1, 1, S + 1)
 
-    # Lattice coordinates relative to (s_begin, t_begin); arcs outside the box
-    # [s_begin, s_end] x [t_begin, t_end] are -inf so that every lattice ends at its own corner.
-    t_x = d - s + 1  # frame of the x-arc entering (s, .) from diagonal d
-    t_y = d - s  # frame of the y-arc leaving (s, .) on diagonal d
-    x_in = _gather_grid(px, sb + s - 1, tb + t_x, (s >= 1) & (t_x >= 0) & (sb + s <= se) & (tb + t_x <= te))
-    y = _gather_grid(py, sb + s, tb + t_y, (t_y >= 0) & (sb + s <= se) & (tb + t_y < te))
+    # Relative frames at which the arcs leaving step d start: the symbol arc into symbol s
+    # leaves symbol s-1, the blank arc leaves s. Arcs that start or end outside the box
+    # [s_begin, s_end] x [t_begin, t_end] are -inf, so every lattice ends at its own corner.
+    q_x = d - (1 - m) * (s - 1)
+    q_y = d - (1 - m) * s
+    x_ok = (s >= 1) & (s <= num_s) & (q_x >= 0) & (q_x + m <= num_t)
+    y_ok = (s <= num_s) & (q_y >= 0) & (q_y < num_t)
+    x_in = _gather_grid(px, sb + s - 1, tb + q_x, x_ok)
+    y = _gather_grid(py, sb + s, tb + q_y, y_ok)
     alpha = _forward_scores(x_in.transpose(0, 1).contiguous(), y.transpose(0, 1).contiguous())
 
     batch = torch.arange(B, device=device)
-    scores = alpha[lengths.reshape(B), batch, (se - sb).reshape(B) + 1]
+    scores = alpha[final.reshape(B), batch, num_s.reshape(B) + 1]
     if not need_occupation:
         return scores, None, None
 
-    # Backward scores are forward scores of the reversed lattice, whose point (r, q)
-    # is the original (s_end - r, t_end - q).
-    # t_x, t_y are now frames counted back from t_end.
-    xr_in = _gather_grid(px, se - s, te - t_x, (s >= 1) & (t_x >= 0) & (se - s >= sb) & (te - t_x >= tb))
-    yr = _gather_grid(py, se - s, te - t_y - 1, (t_y >= 0) & (se - s >= sb) & (te - t_y - 1 >= tb))
+    # Backward scores are forward scores of the reversed lattice, whose node (r, q) is the
+    # original (s_end - r, t_end - q); its arcs are the same ones, read from the other end.
+    xr_in = _gather_grid(px, se - s, te - q_x - m, x_ok)
+    yr = _gather_grid(py, se - s, te - q_y - 1, y_ok)
     alpha_rev = _forward_scores(xr_in.transpose(0, 1).contiguous(), yr.transpose(0, 1).contiguous())
 
     # Back to (B, S+1, T+1) lattice layout.
     s_grid = torch.arange(S + 1, device=device).reshape(1, S + 1, 1)
-    t_grid = torch.arange(T1, device=device).reshape(1, 1, T1)
+    t_grid = torch.arange(T + 1, device=device).reshape(1, 1, T + 1)
     rel_s, rel_t = s_grid - sb, t_grid - tb
-    fwd = _gather_grid(alpha.transpose(0, 1), rel_s + rel_t, rel_s + 1, (rel_s >= 0) & (rel_t >= 0))
+    fwd = _gather_grid(alpha.transpose(0, 1), rel_t + (1 - m) * rel_s, rel_s + 1, (rel_s >= 0) & (rel_t >= 0))
     rev_s, rev_t = se - s_grid, te - t_grid
-    bwd = _gather_grid(alpha_rev.transpose(0, 1), rev_s + rev_t, rev_s + 1, (rev_s >= 0) & (rev_t >= 0))
+    bwd = _gather_grid(alpha_rev.transpose(0, 1), rev_t + (1 - m) * rev_s, rev_s + 1, (rev_s >= 0) & (rev_t >= 0))
 
     finite = torch.isfinite(scores).reshape(B, 1, 1)
     total = torch.where(finite, scores.reshape(B, 1, 1), 0.0)
-    px_occ = torch.where(finite, (fwd[:, :S, :] + px + bwd[:, 1:, :] - total).exp(), 0.0)
-    py_occ = torch.where(finite, (fwd[:, :, : T1 - 1] + py + bwd[:, :, 1:] - total).exp(), 0.0)
+    px_occ = torch.where(finite, (fwd[:, :S, :T1] + px + bwd[:, 1:, m : m + T1] - total).exp(), 0.0)
+    py_occ = torch.where(finite, (fwd[:, :, :T] + py + bwd[:, :, 1:] - total).exp(), 0.0)
     return scores, px_occ, py_occ
 
 
@@ -234,29 +309,24 @@ def mutual_information_recursion(
 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
     """Total log-score of all monotonic paths through a (S+1) x (T+1) lattice.
 
-    Only the regular topology (px with T+1 columns) is supported.
+    The topology follows px's shape: (B, S, T+1) is the regular recursion
+    p[s, t] = logaddexp(p[s-1, t] + px[s-1, t], p[s, t-1] + py[s, t-1]); (B, S, T) the
+    modified one p[s, t] = logaddexp(p[s-1, t-1] + px[s-1, t-1], p[s, t-1] + py[s, t-1]).
 
     Args:
-      px: (B, S, T+1) scores of the arcs (s, t) -> (s+1, t).
+      px: (B, S, T+1) or (B, S, T) scores of the symbol arcs.
       py: (B, S+1, T) scores of the arcs (s, t) -> (s, t+1), same dtype as px.
-      boundary: None or (B, 4) int64 rows [s_begin, t_begin, s_end, t_end].
+      boundary: None or (B, 4) int64 rows [s_begin, t_begin, s_end, t_end]; the recursion
+        starts at p[s_begin, t_begin] = 0 and the score is p[s_end, t_end].
       return_grad: also return d(scores.sum())/d(px) and d(scores.sum())/d(py), which are the
         occupation probabilities of the arcs (what k2 returns).
     Returns:
-      scores (B,) = p[b, s_end, t_end]; with return_grad, (scores, (px_grad, py_grad)) with
-      px_grad (B, S, T+1) and py_grad (B, S+1, T), not part of the autograd graph.
+      scores (B,); with return_grad, (scores, (px_grad, py_grad)) with px_grad shaped as px and
+      py_grad (B, S+1, T), not part of the autograd graph.
     """
-    if px.ndim != 3 or py.ndim != 3:
-        raise ValueError(f"px and py must be 3-D, got {tuple(px.shape)} and {tuple(py.shape)}")
-    B, S, T1 = px.shape
-    T = py.shape[2]
-    if T1 != T + 1 or py.shape != (B, S + 1, T):
-        raise ValueError(
-            f"expected px (B, S, T+1) and py (B, S+1, T) (regular RNN-T only), got "
-            f"px {tuple(px.shape)} and py {tuple(py.shape)}"
-        )
-    if px.dtype != py.dtype:
-        raise ValueError(f"px and py must have the same dtype, got {px.dtype} and {py.dtype}")
+    if _k2_active():
+        return k2.mutual_information_recursion(px=px, py=py, boundary=boundary, return_grad=return_grad)
+    B, S, T = _check_px_py(px, py)
     if boundary is None:
         boundary = _full_boundary(B, S, T, px.device)
     else:
@@ -272,28 +342,88 @@ def mutual_information_recursion(
     return (scores, (px_occ, py_occ)) if return_grad else scores
 
 
+def joint_mutual_information_recursion(
+    px: Sequence[Tensor],
+    py: Sequence[Tensor],
+    boundary: Optional[Tensor] = None,
+) -> Tensor:
+    """The recursion on px_sum = sum(px), py_sum = sum(py), with its score split per term.
+
+    Term i's part is the occupation-weighted sum of px[i] and py[i] over the arcs; those
+    parts add up to the expected path score, which lies below the total log-score by the
+    entropy of the alignment, and that gap is added to term 0 so that the parts sum to the
+    total. The gradient of any sum of the parts w.r.t. each px[i] / py[i] is the arc
+    occupation of the summed lattice, the same as mutual_information_recursion's.
+
+    Args:
+      px: N tensors of one shape, (B, S, T+1) or (B, S, T) (see mutual_information_recursion).
+      py: N tensors of shape (B, S+1, T).
+      boundary: None or (B, 4) int64 rows [s_begin, t_begin, s_end, t_end].
+    Returns:
+      (N, B); its sum over dim 0 is the total log-score of each sequence.
+    """
+    if _k2_active():
+        return k2.joint_mutual_information_recursion(px=px, py=py, boundary=boundary)
+    if len(px) == 0 or len(px) != len(py):
+        raise ValueError(f"px and py must be equally long non-empty sequences, got {len(px)} and {len(py)}")
+    for x, y in zip(px, py):
+        if x.shape != px[0].shape or y.shape != py[0].shape:
+            raise ValueError("all tensors of px (and all of py) must have the same shape")
+    px_tot, py_tot = torch.stack(list(px)).sum(0), torch.stack(list(py)).sum(0)
+    B, S, T = _check_px_py(px_tot, py_tot)
+    if boundary is None:
+        boundary = _full_boundary(B, S, T, px_tot.device)
+    else:
+        _check_boundary(boundary, B, S, T)
+    with torch.no_grad():
+        scores, px_occ, py_occ = _scores_and_occupation(px_tot, py_tot, boundary, need_occupation=True)
+
+    def weighted(terms: Sequence[Tensor], occ: Tensor) -> Tensor:
+        # Arcs without occupation are dropped: 0 * -inf would be nan.
+        return torch.stack([torch.where(occ > 0, x, 0.0).mul(occ).sum(dim=(1, 2)) for x in terms])
+
+    parts = weighted(px, px_occ) + weighted(py, py_occ)  # (N, B)
+    gap = scores - parts.detach().sum(0)
+    return torch.cat([(parts[0] + gap).unsqueeze(0), parts[1:]])
+
+
 # --------------------------------------------------------------------------------------
 # From network outputs to (px, py)
 # --------------------------------------------------------------------------------------
+# The builders below return px of shape (B, S, T) (symbol s read on frame t) and py
+# (B, S+1, T); _finish_px then shapes px for the topology.
 
 
-def _mask_final_frame(px: Tensor, boundary: Optional[Tensor]) -> Tensor:
-    """Set px[b, :, t_end] = -inf: no symbol may be emitted on the one-past-the-last frame.
+def _finish_px(px: Tensor, py: Tensor, boundary: Optional[Tensor], rnnt_type: str) -> Tensor:
+    """px (B, S, T) -> the px that mutual_information_recursion takes for rnnt_type.
 
-    Args:
-      px: (B, S, T+1) whose column T is already -inf.
+    Regular: (B, S, T+1) with -inf on column T and on column boundary[b, 3], since no symbol
+    may be emitted on the one-past-the-last frame. Constrained: px[b, s, t] + py[b, s+1, t],
+    the forced blank of the next context on the same frame. Modified: px unchanged.
     """
+    if rnnt_type == "constrained":
+        return px + py[:, 1:]
+    if rnnt_type == "modified":
+        return px
+    B, S, T = px.shape
+    px = torch.cat([px, px.new_full((B, S, 1), _NEG_INF)], dim=2)
     if boundary is None:
         return px
-    B, S, T1 = px.shape
-    t = torch.arange(T1, device=px.device).reshape(1, 1, T1)
+    t = torch.arange(T + 1, device=px.device).reshape(1, 1, T + 1)
     return px.masked_fill(t == boundary[:, 3].reshape(B, 1, 1), _NEG_INF)
 
 
-def _append_final_frame(px: Tensor) -> Tensor:
-    """(B, S, T) -> (B, S, T+1) with a -inf column for the one-past-the-last frame."""
-    B, S, _ = px.shape
-    return torch.cat([px, px.new_full((B, S, 1), _NEG_INF)], dim=2)
+def _add_delay_penalty(px: Tensor, py: Tensor, boundary: Optional[Tensor], delay_penalty: float) -> Tensor:
+    """px + delay_penalty * ((T_b - 1) / 2 - t) on every column t of px (see the module doc)."""
+    if delay_penalty == 0.0:
+        return px
+    B, _, T1 = px.shape
+    if boundary is None:
+        num_frames = torch.full((B,), py.shape[2], dtype=px.dtype, device=px.device)
+    else:
+        num_frames = boundary[:, 3].to(px.dtype)
+    t = torch.arange(T1, dtype=px.dtype, device=px.device)
+    return px + delay_penalty * ((num_frames.reshape(B, 1, 1) - 1) / 2 - t.reshape(1, 1, T1))
 
 
 def _check_am_lm(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int) -> Tuple[int, int, int, int]:
@@ -308,17 +438,14 @@ def _check_am_lm(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: in
     return B, S, T, C
 
 
-def _simple_logprobs(
-    lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int, boundary: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """px (B, S, T+1) and py (B, S+1, T) for the joiner logits[b, t, s] = am[b, t] + lm[b, s].
+def _simple_logprobs(lm: Tensor, am: Tensor, symbols: Tensor, termination_symbol: int) -> Tuple[Tensor, Tensor]:
+    """px (B, S, T), py (B, S+1, T) for the joiner logits[b, t, s] = am[b, t] + lm[b, s].
 
     The normalizer log sum_c exp(am[b, t, c] + lm[b, s, c]) factorises into a (B, S+1, C) x
     (B, C, T) matrix product of exponentials, so no (B, T, S+1, C) tensor is built.
     """
-    B, S, T, C = _check_am_lm(lm, am, symbols, termination_symbol)
-    if boundary is not None:
-        _check_boundary(boundary, B, S, T)
+    B, T, _ = am.shape
+    S = lm.shape[1] - 1
     # The maxima only keep exp() in range; detaching them changes neither value nor gradient.
     am_max = am.detach().amax(dim=2, keepdim=True)  # (B, T, 1)
     lm_max = lm.detach().amax(dim=2, keepdim=True)  # (B, S+1, 1)
@@ -327,9 +454,9 @@ def _simple_logprobs(
 
     px_am = am.gather(2, symbols.unsqueeze(1).expand(B, T, S)).transpose(1, 2)  # (B, S, T)
     px_lm = lm[:, :S].gather(2, symbols.unsqueeze(2))  # (B, S, 1)
-    px = _append_final_frame(px_am + px_lm - normalizers[:, :S])
+    px = px_am + px_lm - normalizers[:, :S]
     py = am[:, :, termination_symbol].unsqueeze(1) + lm[:, :, termination_symbol].unsqueeze(2) - normalizers
-    return _mask_final_frame(px, boundary), py
+    return px, py
 
 
 def _smoothed_logprobs(
@@ -339,9 +466,8 @@ def _smoothed_logprobs(
     termination_symbol: int,
     lm_only_scale: float,
     am_only_scale: float,
-    boundary: Optional[Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    """px (B, S, T+1), py (B, S+1, T) of k2's smoothed simple loss.
+    """px (B, S, T), py (B, S+1, T) of k2's smoothed simple loss.
 
     Each arc score interpolates three log-probs of the same token:
     (1 - lm_only_scale - am_only_scale) * log softmax(am[t] + lm[s])
@@ -349,10 +475,8 @@ def _smoothed_logprobs(
     + am_only_scale * log(softmax(am[t] + log unigram)), where unigram is the average of
     softmax(lm[b, s]) over every b and s of the batch (an LM that ignores the history).
     """
-    B, S, T, C = _check_am_lm(lm, am, symbols, termination_symbol)
-    if boundary is not None:
-        _check_boundary(boundary, B, S, T)
-    px, py = _simple_logprobs(lm, am, symbols, termination_symbol, boundary=None)
+    B, T, _ = am.shape
+    px, py = _simple_logprobs(lm, am, symbols, termination_symbol)
     tiny = torch.finfo(am.dtype).tiny
 
     lm_logprobs = lm.log_softmax(dim=2)  # (B, S+1, C), only C-sized per position
@@ -362,6 +486,7 @@ def _smoothed_logprobs(
     am_only_norm = (torch.matmul((am - am_max).exp(), unigram) + tiny).log() + am_max.squeeze(2)
     log_unigram = unigram.log()
 
+    S = symbols.shape[1]
     px_am_only = (
         am.gather(2, symbols.unsqueeze(1).expand(B, T, S)).transpose(1, 2)
         + log_unigram[symbols].unsqueeze(2)
@@ -372,9 +497,7 @@ def _smoothed_logprobs(
     py_lm_only = lm_logprobs[:, :, termination_symbol].unsqueeze(2)  # (B, S+1, 1)
 
     combined_scale = 1.0 - lm_only_scale - am_only_scale
-    # px's last column stays -inf whatever the scales (0 * -inf would be nan).
-    px_main = combined_scale * px[:, :, :T] + lm_only_scale * px_lm_only + am_only_scale * px_am_only
-    px = _mask_final_frame(_append_final_frame(px_main), boundary)
+    px = combined_scale * px + lm_only_scale * px_lm_only + am_only_scale * px_am_only
     py = combined_scale * py + lm_only_scale * py_lm_only + am_only_scale * py_am_only.unsqueeze(1)
     return px, py
 
@@ -410,24 +533,33 @@ class _JointLogProbs(torch.autograd.Function):
         return grad, None, None
 
 
-def _full_logprobs(
-    logits: Tensor, symbols: Tensor, termination_symbol: int, boundary: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """px (B, S, T+1) and py (B, S+1, T) from full joiner logits (B, T, S+1, C)."""
+def _hat_logprobs(logits: Tensor, sym_ids: Tensor) -> Tuple[Tensor, Tensor]:
+    """HAT log-probs of sym_ids and of blank (id 0) from logits (..., C); each (...)."""
+    blank_logit = logits[..., 0]
+    sym_logp = (
+        logits.gather(-1, sym_ids.unsqueeze(-1)).squeeze(-1)
+        - torch.logsumexp(logits[..., 1:], dim=-1)
+        + F.logsigmoid(-blank_logit)  # log P(not blank)
+    )
+    return sym_logp, F.logsigmoid(blank_logit)
+
+
+def _check_joint(logits: Tensor, symbols: Tensor, termination_symbol: int) -> Tuple[int, int, int, int]:
     if logits.ndim != 4:
         raise ValueError(f"logits must be (B, T, S+1, C), got {tuple(logits.shape)}")
     B, T, S1, C = logits.shape
-    S = S1 - 1
-    _check_symbols(symbols, B, S, C)
+    _check_symbols(symbols, B, S1 - 1, C)
     _check_termination_symbol(termination_symbol, C)
-    if boundary is not None:
-        _check_boundary(boundary, B, S, T)
+    return B, S1 - 1, T, C
+
+
+def _joint_logprobs(logits: Tensor, symbols: Tensor, termination_symbol: int) -> Tuple[Tensor, Tensor]:
+    """px (B, S, T) and py (B, S+1, T) from full joiner logits (B, T, S+1, C)."""
+    B, T, S1, _ = logits.shape
     # Position S has no next symbol; the termination id is a harmless filler there.
     sym_ids = torch.cat([symbols, symbols.new_full((B, 1), termination_symbol)], dim=1)
     sym_logp, term_logp = _JointLogProbs.apply(logits, sym_ids.unsqueeze(1).expand(B, T, S1), termination_symbol)
-    px = _append_final_frame(sym_logp[:, :, :S].transpose(1, 2))
-    py = term_logp.transpose(1, 2)
-    return _mask_final_frame(px, boundary), py
+    return sym_logp[:, :, : S1 - 1].transpose(1, 2), term_logp.transpose(1, 2)
 
 
 def _check_ranges(ranges: Tensor, B: int, T: int, S: int) -> int:
@@ -450,10 +582,9 @@ def _check_ranges(ranges: Tensor, B: int, T: int, S: int) -> int:
     return s_range
 
 
-def _pruned_logprobs(
-    logits: Tensor, symbols: Tensor, ranges: Tensor, termination_symbol: int, boundary: Optional[Tensor]
-) -> Tuple[Tensor, Tensor]:
-    """px (B, S, T+1) and py (B, S+1, T) from pruned logits (B, T, s_range, C); -inf off range."""
+def _check_pruned(
+    logits: Tensor, symbols: Tensor, ranges: Tensor, termination_symbol: int
+) -> Tuple[int, int, int, int]:
     if logits.ndim != 4:
         raise ValueError(f"logits must be (B, T, s_range, C), got {tuple(logits.shape)}")
     B, T, R, C = logits.shape
@@ -464,22 +595,190 @@ def _pruned_logprobs(
     _check_termination_symbol(termination_symbol, C)
     if _check_ranges(ranges, B, T, S) != R:
         raise ValueError(f"ranges {tuple(ranges.shape)} and logits {tuple(logits.shape)} disagree on s_range")
-    if boundary is not None:
-        _check_boundary(boundary, B, S, T)
+    return B, S, T, C
 
+
+def _pruned_logprobs(
+    logits: Tensor, symbols: Tensor, ranges: Tensor, termination_symbol: int, use_hat_loss: bool
+) -> Tuple[Tensor, Tensor]:
+    """px (B, S, T) and py (B, S+1, T) from pruned logits (B, T, s_range, C); -inf off range."""
+    B, T, R, _ = logits.shape
+    S = symbols.shape[1]
     sym_all = torch.cat([symbols, symbols.new_full((B, 1), termination_symbol)], dim=1)  # (B, S+1)
     sym_ids = sym_all.gather(1, ranges.reshape(B, T * R)).reshape(B, T, R)
-    sym_logp, term_logp = _JointLogProbs.apply(logits, sym_ids, termination_symbol)  # (B, T, R) each
+    if use_hat_loss:
+        sym_logp, term_logp = _hat_logprobs(logits, sym_ids)
+    else:
+        sym_logp, term_logp = _JointLogProbs.apply(logits, sym_ids, termination_symbol)  # (B, T, R) each
 
     lattice = logits.new_full((B, T, S + 1), _NEG_INF)
     px = lattice.scatter(2, ranges, sym_logp)[:, :, :S].transpose(1, 2)  # (B, S, T)
     py = lattice.scatter(2, ranges, term_logp).transpose(1, 2)  # (B, S+1, T)
-    return _mask_final_frame(_append_final_frame(px), boundary), py
+    return px, py
 
 
 # --------------------------------------------------------------------------------------
 # Public API (k2's names and arguments)
 # --------------------------------------------------------------------------------------
+
+def get_rnnt_logprobs(
+    lm: Tensor,
+    am: Tensor,
+    symbols: Tensor,
+    termination_symbol: int,
+    rnnt_type: str = "regular",
+    boundary: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """(px, py) of the trivial joiner logits = am + lm, for mutual_information_recursion().
+
+    Args:
+      lm: (B, S+1, C) prediction-network part of the logits; lm[b, s] follows s symbols.
+      am: (B, T, C) encoder part of the logits.
+      symbols: (B, S) int64 targets.
+      termination_symbol: the blank id.
+      rnnt_type: "regular" | "modified" | "constrained" (see the module docstring).
+      boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+    Returns:
+      px (B, S, T+1) for "regular", else (B, S, T); py (B, S+1, T).
+    """
+    if _k2_active():
+        return k2.get_rnnt_logprobs(
+            lm=lm, am=am, symbols=symbols, termination_symbol=termination_symbol,
+            rnnt_type=rnnt_type, boundary=boundary,
+        )
+    _check_rnnt_type(rnnt_type)
+    B, S, T, _ = _check_am_lm(lm, am, symbols, termination_symbol)
+    _check_lattice(boundary, B, S, T, rnnt_type)
+    px, py = _simple_logprobs(lm, am, symbols, termination_symbol)
+    return _finish_px(px, py, boundary, rnnt_type), py
+
+
+def get_rnnt_logprobs_smoothed(
+    lm: Tensor,
+    am: Tensor,
+    symbols: Tensor,
+    termination_symbol: int,
+    lm_only_scale: float = 0.1,
+    am_only_scale: float = 0.1,
+    boundary: Optional[Tensor] = None,
+    rnnt_type: str = "regular",
+) -> Tuple[Tensor, Tensor]:
+    """(px, py) of the simple joiner with arc log-probs smoothed towards LM-only and AM-only.
+
+    Each arc's log-prob is (1 - lm_only_scale - am_only_scale) * combined
+    + lm_only_scale * LM-only + am_only_scale * AM-only (with a batch-average unigram LM).
+
+    Args:
+      lm: (B, S+1, C); am: (B, T, C); symbols: (B, S) int64; termination_symbol: blank id.
+      lm_only_scale, am_only_scale: interpolation weights of the LM-only / AM-only parts.
+      boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+      rnnt_type: "regular" | "modified" | "constrained".
+    Returns:
+      px (B, S, T+1) for "regular", else (B, S, T); py (B, S+1, T).
+    """
+    if _k2_active():
+        return k2.get_rnnt_logprobs_smoothed(
+            lm=lm, am=am, symbols=symbols, termination_symbol=termination_symbol,
+            lm_only_scale=lm_only_scale, am_only_scale=am_only_scale, boundary=boundary, rnnt_type=rnnt_type,
+        )
+    _check_rnnt_type(rnnt_type)
+    B, S, T, _ = _check_am_lm(lm, am, symbols, termination_symbol)
+    _check_lattice(boundary, B, S, T, rnnt_type)
+    px, py = _smoothed_logprobs(lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale)
+    return _finish_px(px, py, boundary, rnnt_type), py
+
+
+def get_rnnt_logprobs_joint(
+    logits: Tensor,
+    symbols: Tensor,
+    termination_symbol: int,
+    rnnt_type: str = "regular",
+    boundary: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """(px, py) from the full joiner output, for mutual_information_recursion().
+
+    Args:
+      logits: (B, T, S+1, C) unnormalized joiner output for every (frame, symbol position).
+      symbols: (B, S) int64 targets; termination_symbol: the blank id.
+      rnnt_type: "regular" | "modified" | "constrained".
+      boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+    Returns:
+      px (B, S, T+1) for "regular", else (B, S, T); py (B, S+1, T).
+    """
+    if _k2_active():
+        return k2.get_rnnt_logprobs_joint(
+            logits=logits, symbols=symbols, termination_symbol=termination_symbol,
+            rnnt_type=rnnt_type, boundary=boundary,
+        )
+    _check_rnnt_type(rnnt_type)
+    B, S, T, _ = _check_joint(logits, symbols, termination_symbol)
+    _check_lattice(boundary, B, S, T, rnnt_type)
+    px, py = _joint_logprobs(logits, symbols, termination_symbol)
+    return _finish_px(px, py, boundary, rnnt_type), py
+
+
+def get_rnnt_logprobs_pruned(
+    logits: Tensor,
+    symbols: Tensor,
+    ranges: Tensor,
+    termination_symbol: int,
+    boundary: Optional[Tensor],
+    rnnt_type: str = "regular",
+) -> Tuple[Tensor, Tensor]:
+    """(px, py) from pruned joiner output; arcs at positions outside `ranges` are -inf.
+
+    Args:
+      logits: (B, T, s_range, C) joiner output on do_rnnt_pruning()'s pairs.
+      symbols: (B, S) int64 targets.
+      ranges: (B, T, s_range) int64 from get_rnnt_prune_ranges().
+      termination_symbol: the blank id.
+      boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b] (no default, as in k2).
+      rnnt_type: "regular" | "modified" | "constrained".
+    Returns:
+      px (B, S, T+1) for "regular", else (B, S, T); py (B, S+1, T).
+    """
+    if _k2_active():
+        return k2.get_rnnt_logprobs_pruned(
+            logits=logits, symbols=symbols, ranges=ranges, termination_symbol=termination_symbol,
+            boundary=boundary, rnnt_type=rnnt_type,
+        )
+    return _get_pruned(logits, symbols, ranges, termination_symbol, boundary, rnnt_type, use_hat_loss=False)
+
+
+def _get_pruned(
+    logits: Tensor,
+    symbols: Tensor,
+    ranges: Tensor,
+    termination_symbol: int,
+    boundary: Optional[Tensor],
+    rnnt_type: str,
+    use_hat_loss: bool,
+) -> Tuple[Tensor, Tensor]:
+    _check_rnnt_type(rnnt_type)
+    B, S, T, _ = _check_pruned(logits, symbols, ranges, termination_symbol)
+    if use_hat_loss and termination_symbol != 0:
+        raise ValueError(
+            f"use_hat_loss=True models blank as logit 0: termination_symbol must be 0, got {termination_symbol}"
+        )
+    _check_lattice(boundary, B, S, T, rnnt_type)
+    px, py = _pruned_logprobs(logits, symbols, ranges, termination_symbol, use_hat_loss)
+    return _finish_px(px, py, boundary, rnnt_type), py
+
+
+def _loss_from_logprobs(
+    px: Tensor,
+    py: Tensor,
+    boundary: Optional[Tensor],
+    delay_penalty: float,
+    reduction: str,
+    return_grad: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+    px = _add_delay_penalty(px, py, boundary, delay_penalty)
+    out = mutual_information_recursion(px, py, boundary, return_grad=return_grad)
+    if return_grad:
+        scores, grads = out
+        return _reduce(-scores, reduction), grads
+    return _reduce(-out, reduction)
 
 
 def rnnt_loss(
@@ -487,6 +786,8 @@ def rnnt_loss(
     symbols: Tensor,
     termination_symbol: int,
     boundary: Optional[Tensor] = None,
+    rnnt_type: str = "regular",
+    delay_penalty: float = 0.0,
     reduction: str = "mean",
 ) -> Tensor:
     """The full RNN-T loss from joiner logits.
@@ -496,21 +797,20 @@ def rnnt_loss(
       symbols: (B, S) int64 target symbols, padded freely beyond each boundary.
       termination_symbol: the blank id (0 in our recipes).
       boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+      rnnt_type: "regular" | "modified" | "constrained" (the last two need T_b >= U_b).
+      delay_penalty: >= 0; rewards early symbols (see the module docstring). 0 disables it.
       reduction: "mean" (over sequences) | "sum" | "none".
     Returns:
       (B,) negative log-likelihoods for "none", else a scalar.
     """
-    _check_reduction(reduction)
+    _check_loss_options(reduction, rnnt_type, delay_penalty)
     if _k2_active():
         return k2.rnnt_loss(
-            logits=logits,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-            reduction=reduction,
+            logits=logits, symbols=symbols, termination_symbol=termination_symbol, boundary=boundary,
+            rnnt_type=rnnt_type, delay_penalty=delay_penalty, reduction=reduction,
         )
-    px, py = _full_logprobs(logits, symbols, termination_symbol, boundary)
-    return _reduce(-mutual_information_recursion(px, py, boundary), reduction)
+    px, py = get_rnnt_logprobs_joint(logits, symbols, termination_symbol, rnnt_type, boundary)
+    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction)
 
 
 def rnnt_loss_simple(
@@ -519,6 +819,8 @@ def rnnt_loss_simple(
     symbols: Tensor,
     termination_symbol: int,
     boundary: Optional[Tensor] = None,
+    rnnt_type: str = "regular",
+    delay_penalty: float = 0.0,
     reduction: str = "mean",
     return_grad: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
@@ -530,29 +832,23 @@ def rnnt_loss_simple(
       symbols: (B, S) int64 targets.
       termination_symbol: the blank id.
       boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+      rnnt_type: "regular" | "modified" | "constrained" (the last two need T_b >= U_b).
+      delay_penalty: >= 0; rewards early symbols (see the module docstring). 0 disables it.
       reduction: "mean" | "sum" | "none".
-      return_grad: also return the arc occupations px_grad (B, S, T+1) and py_grad
-        (B, S+1, T) (d(-loss_b summed)/d(px, py)), for get_rnnt_prune_ranges().
+      return_grad: also return the arc occupations px_grad (shaped as px: (B, S, T+1) regular,
+        (B, S, T) otherwise) and py_grad (B, S+1, T) (d(-loss_b summed)/d(px, py)), for
+        get_rnnt_prune_ranges().
     Returns:
       loss, or (loss, (px_grad, py_grad)) with return_grad.
     """
-    _check_reduction(reduction)
+    _check_loss_options(reduction, rnnt_type, delay_penalty)
     if _k2_active():
         return k2.rnnt_loss_simple(
-            lm=lm,
-            am=am,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-            reduction=reduction,
-            return_grad=return_grad,
+            lm=lm, am=am, symbols=symbols, termination_symbol=termination_symbol, boundary=boundary,
+            rnnt_type=rnnt_type, delay_penalty=delay_penalty, reduction=reduction, return_grad=return_grad,
         )
-    px, py = _simple_logprobs(lm, am, symbols, termination_symbol, boundary)
-    out = mutual_information_recursion(px, py, boundary, return_grad=return_grad)
-    if return_grad:
-        scores, grads = out
-        return _reduce(-scores, reduction), grads
-    return _reduce(-out, reduction)
+    px, py = get_rnnt_logprobs(lm, am, symbols, termination_symbol, rnnt_type, boundary)
+    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
 
 
 def rnnt_loss_smoothed(
@@ -563,48 +859,86 @@ def rnnt_loss_smoothed(
     lm_only_scale: float = 0.1,
     am_only_scale: float = 0.1,
     boundary: Optional[Tensor] = None,
+    rnnt_type: str = "regular",
+    delay_penalty: float = 0.0,
     reduction: str = "mean",
     return_grad: bool = False,
 ) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
     """The simple loss with its arc log-probs smoothed towards LM-only and AM-only models.
 
-    Each arc's log-prob is (1 - lm_only_scale - am_only_scale) * combined
-    + lm_only_scale * LM-only + am_only_scale * AM-only (with a batch-average unigram LM);
-    this is what icefall's pruned transducer recipes use as the "simple" loss.
+    See get_rnnt_logprobs_smoothed(); this is what icefall's pruned transducer recipes use as
+    the "simple" loss.
 
     Args:
       lm: (B, S+1, C); am: (B, T, C); symbols: (B, S) int64; termination_symbol: blank id.
       lm_only_scale, am_only_scale: interpolation weights of the LM-only / AM-only parts.
       boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+      rnnt_type: "regular" | "modified" | "constrained" (the last two need T_b >= U_b).
+      delay_penalty: >= 0; rewards early symbols (see the module docstring). 0 disables it.
       reduction: "mean" | "sum" | "none".
-      return_grad: also return (px_grad (B, S, T+1), py_grad (B, S+1, T)) occupations.
+      return_grad: also return (px_grad, py_grad) occupations, shaped as px and py.
     Returns:
       loss, or (loss, (px_grad, py_grad)) with return_grad.
     """
-    _check_reduction(reduction)
+    _check_loss_options(reduction, rnnt_type, delay_penalty)
     if _k2_active():
         return k2.rnnt_loss_smoothed(
-            lm=lm,
-            am=am,
-            symbols=symbols,
-            termination_symbol=termination_symbol,
-            lm_only_scale=lm_only_scale,
-            am_only_scale=am_only_scale,
-            boundary=boundary,
-            reduction=reduction,
-            return_grad=return_grad,
+            lm=lm, am=am, symbols=symbols, termination_symbol=termination_symbol,
+            lm_only_scale=lm_only_scale, am_only_scale=am_only_scale, boundary=boundary,
+            rnnt_type=rnnt_type, delay_penalty=delay_penalty, reduction=reduction, return_grad=return_grad,
         )
-    px, py = _smoothed_logprobs(lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale, boundary)
-    out = mutual_information_recursion(px, py, boundary, return_grad=return_grad)
-    if return_grad:
-        scores, grads = out
-        return _reduce(-scores, reduction), grads
-    return _reduce(-out, reduction)
+    px, py = get_rnnt_logprobs_smoothed(
+        lm, am, symbols, termination_symbol, lm_only_scale, am_only_scale, boundary, rnnt_type
+    )
+    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction, return_grad)
 
 
 def _reverse_cummin(x: Tensor) -> Tensor:
     """y[..., t] = min(x[..., t:]) (the largest non-decreasing sequence below x)."""
     return x.flip(-1).cummin(-1).values.flip(-1)
+
+
+def _check_grads(px_grad: Tensor, py_grad: Tensor, boundary: Tensor) -> Tuple[int, int, int, bool]:
+    """Returns (B, S, T, regular) of occupations shaped as rnnt_loss_simple returns them."""
+    B, S, T = _check_px_py(px_grad, py_grad, what="px_grad and py_grad")
+    if boundary is None:
+        raise ValueError("boundary is required: pass [0, 0, U_b, T_b] for each sequence")
+    regular = px_grad.shape[2] == T + 1
+    # Only the shape tells the topology; "modified" stands for both one-symbol-per-frame ones.
+    _check_lattice(boundary, B, S, T, "regular" if regular else "modified")
+    return B, S, T, regular
+
+
+def _ranges_from_starts(start: Tensor, boundary: Tensor, s_range: int, regular: bool) -> Tensor:
+    """Adjust per-frame window starts (B, T) so that a complete path survives; -> ranges.
+
+    Frames from T_b - 1 on start at max(U_b - s_range + 1, 0), so the last real frame covers
+    U_b. Then r_0 = 0, r_t non-decreasing and r_{t+1} - r_t <= step, where step = s_range - 1
+    symbols fit on one regular frame and 1 on a modified one.
+    """
+    B, T = start.shape
+    U_b, T_b = boundary[:, 2], boundary[:, 3]
+    t = torch.arange(T, device=start.device).reshape(1, T)
+    final_start = (U_b - s_range + 1).clamp(min=0).reshape(B, 1)
+    start = torch.where(t < T_b.reshape(B, 1) - 1, start, final_start)
+
+    step = s_range - 1 if regular else 1
+    start = _reverse_cummin(start)
+    # Raise starts that trail a later one by more than `step` per frame, then cap each at
+    # step * t (reachable from symbol 0 at frame 0). Both keep the sequence non-decreasing.
+    start = -_reverse_cummin(-(start - step * t)) + step * t
+    start = torch.minimum(start, step * t)
+    return start.unsqueeze(2) + torch.arange(s_range, device=start.device)
+
+
+def _cap_s_range(s_range: int, S: int, regular: bool) -> int:
+    if s_range > S:
+        logging.debug(f"get_rnnt_prune_ranges: s_range={s_range} > S={S}, keeping all {S + 1} positions")
+        s_range = S + 1
+    least = 2 if regular else 1  # regular: a symbol and the blank that leaves the frame
+    if s_range < least:
+        raise ValueError(f"s_range must be >= {least} for this topology, got {s_range}")
+    return s_range
 
 
 def get_rnnt_prune_ranges(
@@ -615,39 +949,36 @@ def get_rnnt_prune_ranges(
 ) -> Tensor:
     """Choose, for every frame, the s_range consecutive symbol positions the pruned loss keeps.
 
+    The topology is read from px_grad's shape, as in k2 (there is no rnnt_type argument):
+    (B, S, T+1) regular, (B, S, T) modified/constrained.
+
     For frame t the window [r, r + s_range) maximises the occupation of the blank arcs inside
     it minus that of the symbol arc entering it from below (Pruned RNN-T paper, sec. 3.2). The
     starts r_t are then adjusted as in k2 so that a complete path survives pruning:
-    r_0 = 0, r_t non-decreasing, r_{t+1} - r_t <= s_range - 1, and frames from T_b - 1 on
-    start at max(U_b - s_range + 1, 0) so the last real frame covers U_b.
+    r_0 = 0, r_t non-decreasing, r_{t+1} - r_t <= s_range - 1 (regular) or <= 1 (one symbol
+    per frame), and frames from T_b - 1 on start at max(U_b - s_range + 1, 0) so the last
+    real frame covers U_b.
 
-    s_range is raised to ceil(U_b / T_b) + 1 if smaller (otherwise no path fits; logged), and
-    lowered to S + 1 if larger (nothing to prune).
+    Regular: s_range is raised to ceil(U_b / T_b) + 1 if smaller (otherwise no path fits;
+    logged). Both: lowered to S + 1 if larger (nothing to prune).
 
     Args:
-      px_grad: (B, S, T+1) symbol-arc occupations from rnnt_loss_simple(return_grad=True).
+      px_grad: (B, S, T+1) or (B, S, T) symbol-arc occupations from
+        rnnt_loss_simple(return_grad=True).
       py_grad: (B, S+1, T) blank-arc occupations.
       boundary: (B, 4) int64 rows [0, 0, U_b, T_b].
-      s_range: how many symbol positions to keep per frame (icefall uses 5).
+      s_range: how many symbol positions to keep per frame (icefall uses 5); at least 2 for
+        regular, 1 otherwise.
     Returns:
       ranges (B, T, s_range) int64, ranges[b, t] = [r_t, r_t + 1, ..., r_t + s_range - 1],
       all within [0, S].
     """
     if _k2_active():
         return k2.get_rnnt_prune_ranges(px_grad=px_grad, py_grad=py_grad, boundary=boundary, s_range=s_range)
-    if px_grad.ndim != 3 or py_grad.ndim != 3:
-        raise ValueError(f"px_grad and py_grad must be 3-D, got {tuple(px_grad.shape)}, {tuple(py_grad.shape)}")
-    B, S, T1 = px_grad.shape
-    T = py_grad.shape[2]
-    if T1 != T + 1 or py_grad.shape != (B, S + 1, T):
-        raise ValueError(
-            f"expected px_grad (B, S, T+1) and py_grad (B, S+1, T) (regular RNN-T only), got "
-            f"{tuple(px_grad.shape)} and {tuple(py_grad.shape)}"
-        )
-    _check_boundary(boundary, B, S, T)
+    B, S, T, regular = _check_grads(px_grad, py_grad, boundary)
     U_b, T_b = boundary[:, 2], boundary[:, 3]
     has_frames = T_b > 0  # sequences without frames have no path whatever s_range is
-    if bool(has_frames.any()):
+    if regular and bool(has_frames.any()):
         # With at most s_range - 1 symbols per frame, U_b symbols need that many frames.
         U_f, T_f = U_b[has_frames], T_b[has_frames]
         needed = int(((U_f + T_f - 1) // T_f + 1).max())
@@ -657,28 +988,43 @@ def get_rnnt_prune_ranges(
                 f"in T={T_b.tolist()} frames; using s_range={needed}"
             )
             s_range = needed
-    if s_range > S:
-        logging.debug(f"get_rnnt_prune_ranges: s_range={s_range} > S={S}, keeping all {S + 1} positions")
-        s_range = S + 1
-    if s_range < 2:
-        raise ValueError(f"s_range must be >= 2 for the regular RNN-T (a symbol and a blank), got {s_range}")
+    s_range = _cap_s_range(s_range, S, regular)
 
     num_starts = S + 2 - s_range
     blank_mass = py_grad.unfold(1, s_range, 1).sum(dim=-1)  # (B, num_starts, T)
     entering = torch.cat([px_grad.new_zeros(B, 1, T), px_grad[:, : num_starts - 1, :T]], dim=1)
     start = (blank_mass - entering).argmax(dim=1)  # (B, T)
+    return _ranges_from_starts(start, boundary, s_range, regular)
 
-    t = torch.arange(T, device=px_grad.device).reshape(1, T)
-    final_start = (U_b - s_range + 1).clamp(min=0).reshape(B, 1)
-    start = torch.where(t < T_b.reshape(B, 1) - 1, start, final_start)
 
-    step = s_range - 1
-    start = _reverse_cummin(start)
-    # Raise starts that trail a later one by more than `step` per frame, then cap each at
-    # step * t (reachable from symbol 0 at frame 0). Both keep the sequence non-decreasing.
-    start = -_reverse_cummin(-(start - step * t)) + step * t
-    start = torch.minimum(start, step * t)
-    return start.unsqueeze(2) + torch.arange(s_range, device=px_grad.device)
+def get_rnnt_prune_ranges_deprecated(
+    px_grad: Tensor,
+    py_grad: Tensor,
+    boundary: Tensor,
+    s_range: int,
+) -> Tensor:
+    """k2's earlier pruning rule, kept (as k2 keeps it) to compare against.
+
+    For frame t the window [r, r + s_range) maximises the total occupation of the arcs that
+    leave the nodes (s, t) it covers, symbol and blank arcs alike; the same adjustments as
+    get_rnnt_prune_ranges() follow. Unlike it, s_range is not raised for long targets (only
+    lowered to S + 1), so short regular lattices may lose every path.
+
+    Args:
+      px_grad: (B, S, T+1) or (B, S, T); py_grad: (B, S+1, T); boundary: (B, 4) int64;
+      s_range: positions kept per frame.
+    Returns:
+      ranges (B, T, s_range) int64.
+    """
+    if _k2_active():
+        return k2.get_rnnt_prune_ranges_deprecated(
+            px_grad=px_grad, py_grad=py_grad, boundary=boundary, s_range=s_range
+        )
+    _, S, T, regular = _check_grads(px_grad, py_grad, boundary)
+    s_range = _cap_s_range(s_range, S, regular)
+    node_mass = F.pad(px_grad[:, :, :T], (0, 0, 0, 1)) + py_grad  # (B, S+1, T); no symbol leaves S
+    window_mass = node_mass.unfold(1, s_range, 1).sum(dim=-1)  # (B, S+2-s_range, T)
+    return _ranges_from_starts(window_mass.argmax(dim=1), boundary, s_range, regular)
 
 
 def do_rnnt_pruning(am: Tensor, lm: Tensor, ranges: Tensor) -> Tuple[Tensor, Tensor]:
@@ -711,7 +1057,10 @@ def rnnt_loss_pruned(
     ranges: Tensor,
     termination_symbol: int,
     boundary: Optional[Tensor] = None,
+    rnnt_type: str = "regular",
+    delay_penalty: float = 0.0,
     reduction: str = "mean",
+    use_hat_loss: bool = False,
 ) -> Tensor:
     """RNN-T loss over the pruned lattice: only the positions in `ranges` have arcs.
 
@@ -721,28 +1070,35 @@ def rnnt_loss_pruned(
       ranges: (B, T, s_range) int64 from get_rnnt_prune_ranges().
       termination_symbol: the blank id.
       boundary: None or (B, 4) int64 rows [0, 0, U_b, T_b].
+      rnnt_type: "regular" | "modified" | "constrained" (the last two need T_b >= U_b).
+      delay_penalty: >= 0; rewards early symbols (see the module docstring). 0 disables it.
       reduction: "mean" | "sum" | "none".
+      use_hat_loss: read logits as a HAT model (blank = sigmoid of logit 0); needs
+        termination_symbol = 0.
     Returns:
       (B,) losses for "none", else a scalar. With s_range = S + 1 this is the full loss.
     """
-    _check_reduction(reduction)
+    _check_loss_options(reduction, rnnt_type, delay_penalty)
     if _k2_active():
         return k2.rnnt_loss_pruned(
-            logits=logits,
-            symbols=symbols,
-            ranges=ranges,
-            termination_symbol=termination_symbol,
-            boundary=boundary,
-            reduction=reduction,
+            logits=logits, symbols=symbols, ranges=ranges, termination_symbol=termination_symbol,
+            boundary=boundary, rnnt_type=rnnt_type, delay_penalty=delay_penalty, reduction=reduction,
+            use_hat_loss=use_hat_loss,
         )
-    px, py = _pruned_logprobs(logits, symbols, ranges, termination_symbol, boundary)
-    return _reduce(-mutual_information_recursion(px, py, boundary), reduction)
+    px, py = _get_pruned(logits, symbols, ranges, termination_symbol, boundary, rnnt_type, use_hat_loss)
+    return _loss_from_logprobs(px, py, boundary, delay_penalty, reduction)
 
 
 __all__: List[str] = [
     "USE_K2",
     "do_rnnt_pruning",
+    "get_rnnt_logprobs",
+    "get_rnnt_logprobs_joint",
+    "get_rnnt_logprobs_pruned",
+    "get_rnnt_logprobs_smoothed",
     "get_rnnt_prune_ranges",
+    "get_rnnt_prune_ranges_deprecated",
+    "joint_mutual_information_recursion",
     "mutual_information_recursion",
     "rnnt_loss",
     "rnnt_loss_pruned",

@@ -443,8 +443,8 @@ def test_errors_say_what_is_wrong():
     bad_ranges = torch.tensor([0, 2]).expand(2, 4, 2).contiguous()
     with pytest.raises(ValueError, match="ranges"):
         rnnt.rnnt_loss_pruned(torch.randn(2, 4, 2, 5), symbols, bad_ranges, 0)
-    with pytest.raises(ValueError, match="regular"):
-        rnnt.mutual_information_recursion(torch.randn(1, 2, 3), torch.randn(1, 3, 3))
+    with pytest.raises(ValueError, match="px and py"):  # px must have T+1 or T columns
+        rnnt.mutual_information_recursion(torch.randn(1, 2, 5), torch.randn(1, 3, 3))
 
 
 @pytest.mark.skipif(k2 is None, reason="k2 is not installed")
