@@ -273,8 +273,12 @@ class CifAsrModel(nn.Module):
           -1 at padding) and quantity_loss (None without targets).
         """
         h, h_lens = self.downsample_for_cif(encoder_out, encoder_out_lens)
-        extra = self.ctc_spike_input(encoder_out, encoder_out_lens) if self.cif_predictor.extra_dim else None
-        return self.cif_predictor(h, h_lens, target_lengths, extra)
+        return self.cif_predictor(h, h_lens, target_lengths, self.predictor_side_input(encoder_out, encoder_out_lens))
+
+    def predictor_side_input(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> Optional[torch.Tensor]:
+        """What the weight predictor takes besides the CIF frames: None, or with
+        `cif_ctc_input` the CTC spike mass (N, T'', 1) of :meth:`ctc_spike_input`."""
+        return self.ctc_spike_input(encoder_out, encoder_out_lens) if self.cif_predictor.extra_dim else None
 
     def ctc_spike_input(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> torch.Tensor:
         """(N, T', C), (N,) -> (N, ceil(T'/d), 1): the CTC head's non-blank probability summed
