@@ -146,6 +146,25 @@ done
 
 timed "export" "$python" ./zipformer_cif/export.py --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" \
   --use-averaged-model 1 --tokens "$lang_dir/tokens.txt"
+timed "export-onnx" "$python" ./zipformer_cif/export-onnx.py --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" \
+  --avg "$AVG" --use-averaged-model 1 --tokens "$lang_dir/tokens.txt" --int8 1
+
+# The runtime that leaves the repository: sherpa-onnx for the transducer and the NAR decoder,
+# onnxruntime with our search for the AR decoder (no sherpa-onnx layout fits it).
+onnx_suffix="epoch-$NUM_EPOCHS-avg-$AVG"
+case "$DECODER_TYPE" in
+  cif_transducer) onnx_opts=(--runtime sherpa-onnx
+    --encoder-model-filename "$EXP_DIR/encoder-$onnx_suffix.onnx"
+    --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx"
+    --joiner-model-filename "$EXP_DIR/joiner-$onnx_suffix.onnx") ;;
+  cif_ce_nar) onnx_opts=(--runtime sherpa-onnx --model-filename "$EXP_DIR/model-$onnx_suffix.onnx") ;;
+  *) onnx_opts=(--runtime onnxruntime
+    --encoder-model-filename "$EXP_DIR/encoder-$onnx_suffix.onnx"
+    --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx") ;;
+esac
+onnx_cmd=("$python" ./zipformer_cif/onnx_pretrained.py --tokens "$lang_dir/tokens.txt" "${onnx_opts[@]}")
+sample=$(find "$synth_tree" -path "*/$test_set/*" \( -name "*.flac" -o -name "*.wav" \) | sort | head -1)
+[ -n "$sample" ] && timed "onnx decode of one file" "${onnx_cmd[@]}" "$sample"
 
 echo
 log "==================== Results ($metric on synthetic held-out speakers and sentences) ===================="
@@ -167,5 +186,6 @@ log "Training log and tensorboard: $PWD/$EXP_DIR/log, $PWD/$EXP_DIR/tensorboard"
 for plot_dir in "$EXP_DIR"/greedy_search/cif-plots-"$test_set"; do
   [ -d "$plot_dir" ] && log "CIF weight plots: $PWD/$plot_dir/*.png"
 done
-log "Transcribe any sound file with the exported model:"
+log "Transcribe any sound file with the exported model (PyTorch, then ONNX):"
 echo "  cd $PWD && $python ./zipformer_cif/pretrained.py --checkpoint $EXP_DIR/pretrained.pt --timestamps 1 FILE..."
+echo "  cd $PWD && ${onnx_cmd[*]} FILE..."

@@ -67,12 +67,18 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
         # The table shows the result file's number, to two decimals.
         written = float(summary[0].read_text().splitlines()[1].split("\t")[1])
         assert f"{written:.2f}" == rate
-    for stage in ("data: synthesize + prepare.sh", "train", "decode: greedy_search"):
+    for stage in ("data: synthesize + prepare.sh", "train", "decode: greedy_search", "export-onnx",
+                  "onnx decode of one file"):
         assert re.search(rf"^\s+{re.escape(stage)}\s+\d+ s$", out, flags=re.M), stage
     plots = list((exp_dir / "greedy_search" / f"cif-plots-{test_sets[0]}").glob("*.png"))
     assert len(plots) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots)
     assert "Epoch 2, validation" in (proc.stdout + proc.stderr)
+    # The exported model leaves the repository: ONNX files (int8 too) and the command for them.
+    assert (exp_dir / "pretrained.pt").is_file()
+    for part in ("encoder", "decoder", "joiner"):
+        assert (exp_dir / f"{part}-epoch-2-avg-1.onnx").is_file() and (exp_dir / f"{part}-epoch-2-avg-1.int8.onnx").is_file()
+    assert re.search(r"onnx_pretrained\.py --tokens \S+ --runtime sherpa-onnx .*FILE\.\.\.$", out, flags=re.M)
 
 
 def test_demo_refuses_data_it_did_not_make(tmp_path):
