@@ -181,7 +181,19 @@ class _CountedFilter(Dillable):
 
     def __iter__(self) -> Iterator[Cut]:
         counts = dict.fromkeys(CutFilter.OUTCOMES, 0)
-        for cut in self.cuts:
+        # A repeated id would be trained on twice and would collide in every per-cut output.
+        # The hashes of the ids seen in this pass (~50 bytes a cut, freed when the pass ends)
+        # find it; two different ids with the same 64-bit hash are a ~1e-8 chance at 1M cuts.
+        seen_ids = set()
+        for position, cut in enumerate(self.cuts):
+            id_hash = hash(cut.id)
+            if id_hash in seen_ids:
+                raise ValueError(
+                    f"Cut id '{cut.id}' occurs more than once in the training/validation cuts (again at "
+                    f"cut #{position}); remove the duplicates, e.g. with lhotse's "
+                    f"CutSet.from_cuts(...), which refuses them, or rename one of each pair"
+                )
+            seen_ids.add(id_hash)
             outcome = self.cut_filter.outcome(cut)
             counts[outcome] += 1
             if outcome == CutFilter.KEPT:

@@ -23,7 +23,7 @@ import numpy as np
 
 from icefall_cif.onnx_export import LAYOUT_VERSION, model_file_option
 from icefall_cif.corpora.audit import SAMPLE_RATE
-from icefall_cif.pretrained import AudioError, features_of, read_audio
+from icefall_cif.pretrained import AudioError, add_duration_limit_argument, features_of, read_audio
 from icefall_cif.tokenizer import Tokenizer, read_tokens_txt
 
 #: What each decoder type needs besides the file the metadata is read from.
@@ -34,6 +34,8 @@ REQUIRED_FILES = {
 }
 #: The value sherpa-onnx pads features with (log of Lhotse's energy floor).
 FEATURE_PADDING = -23.025850929940457
+#: The traced Zipformer's relative positional table covers 2000 frames at 50 Hz: ~40 s of audio.
+MAX_SECONDS = 40.0
 
 
 def get_parser(description: str = "") -> argparse.ArgumentParser:
@@ -50,6 +52,7 @@ def get_parser(description: str = "") -> argparse.ArgumentParser:
                              "fbank (cif_transducer, cif_ce_nar).")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime / sherpa-onnx threads.")
     parser.add_argument("--output-file", type=Path, default=None, help="Write `<path>\\t<transcript>` lines here.")
+    add_duration_limit_argument(parser, default=MAX_SECONDS, why="the exported Zipformer's positional table ends there")
     parser.add_argument("files", nargs="+", type=Path, help="Sound files to transcribe.")
     return parser
 
@@ -195,6 +198,11 @@ def sherpa_transcribe(recognizer, samples: np.ndarray) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Transcribe `args.files`; return the exit status (1 when some file could not be read)."""
+    if args.max_utterance_duration > MAX_SECONDS:
+        raise ValueError(
+            f"--max-utterance-duration {args.max_utterance_duration:g}: the ONNX encoder takes at most "
+            f"{MAX_SECONDS:g} s per file; split longer files, or decode them with pretrained.py"
+        )
     if not args.tokens.is_file():
         raise FileNotFoundError(f"--tokens {args.tokens}: no such file")
     tokenizer = Tokenizer(read_tokens_txt(args.tokens))
@@ -209,14 +217,14 @@ def run(args: argparse.Namespace) -> int:
         files, texts, errors = [], [], []
         for path in args.files:
             try:
-                samples = read_audio(path)
+                samples = read_audio(path, args.max_utterance_duration)
             except AudioError as e:
                 errors.append(str(e))
                 continue
             files.append(path)
             texts.append(sherpa_transcribe(recognizer, samples))
     else:
-        files, feats, errors = features_of(args.files)
+        files, feats, errors = features_of(args.files, args.max_utterance_duration)
         texts = [tokenizer.decode(hyp) for hyp in model.transcribe_ids([f.numpy() for f in feats])] if feats else []
     for message in errors:
         print(f"error: {message}", file=sys.stderr)

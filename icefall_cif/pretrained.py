@@ -8,8 +8,9 @@ mono and resampled to 16 kHz, then gets the 80-dim fbank of the recipes (Lhotse'
 `decode.py --on-the-fly-feats 1` computes it). Every `--method` of decode.py that needs no LM
 applies. Each file's transcript is printed (and with `--output-file F` written as
 `<path>\\t<transcript>` lines); `--timestamps 1` (greedy_search) adds each token's time in
-seconds, from the frame its CIF vector fired at. A file that cannot be read or holds no audio is
-reported by name on stderr, the other files are still decoded, and the exit status is 1.
+seconds, from the frame its CIF vector fired at. A file that cannot be read, holds no audio or is
+longer than `--max-utterance-duration` is reported by name on stderr, the other files are still
+decoded, and the exit status is 1.
 """
 import argparse
 import logging
@@ -53,9 +54,16 @@ def get_parser(description: str = "") -> argparse.ArgumentParser:
     parser.add_argument("--timestamps", type=str2bool, default=False,
                         help="Also print each token's time in seconds (greedy_search).")
     parser.add_argument("--output-file", type=Path, default=None, help="Write `<path>\\t<transcript>` lines here.")
+    add_duration_limit_argument(parser, default=120.0, why="the encoder's memory grows with the square of the length")
     parser.add_argument("--num-threads", type=int, default=1, help="PyTorch intra-op threads; 0 = all cores.")
     parser.add_argument("files", nargs="+", type=Path, help="Sound files to transcribe.")
     return parser
+
+
+def add_duration_limit_argument(parser: argparse.ArgumentParser, default: float, why: str) -> None:
+    parser.add_argument("--max-utterance-duration", type=float, default=default,
+                        help=f"Longest file in seconds ({why}); a longer one is reported, not decoded. "
+                             f"Default: {default}.")
 
 
 def load_pretrained(recipe: Recipe, checkpoint: Path, tokens: Optional[Path] = None) -> Tuple[torch.nn.Module, Tokenizer]:
@@ -75,8 +83,8 @@ def load_pretrained(recipe: Recipe, checkpoint: Path, tokens: Optional[Path] = N
     return model.eval(), tokenizer
 
 
-def read_audio(path: Path) -> np.ndarray:
-    """(S,) float32 mono samples at 16 kHz of any file soundfile reads."""
+def read_audio(path: Path, max_seconds: float = float("inf")) -> np.ndarray:
+    """(S,) float32 mono samples at 16 kHz of any file soundfile reads, at most `max_seconds` long."""
     import soundfile as sf
 
     try:
@@ -85,17 +93,26 @@ def read_audio(path: Path) -> np.ndarray:
         raise AudioError(f"{path}: cannot read it as audio ({e})") from None
     if samples.shape[0] == 0:
         raise AudioError(f"{path}: the file holds no audio (0 samples)")
+    if samples.shape[0] / rate > max_seconds:
+        raise AudioError(
+            f"{path}: {samples.shape[0] / rate:.1f} s of audio, more than --max-utterance-duration "
+            f"{max_seconds:g} s; split it (e.g. `sox IN OUT trim 0 {max_seconds:g} : newfile : restart`) "
+            f"or raise the limit if the machine has the memory"
+        )
     mono = samples.mean(axis=1)
     return resample(mono, rate, SAMPLE_RATE).astype(np.float32)
 
 
-def features_of(files: Sequence[Path]) -> Tuple[List[Path], List[torch.Tensor], List[str]]:
-    """(files read, their (T, 80) fbank, an error message per file that could not be read)."""
+def features_of(
+    files: Sequence[Path], max_seconds: float = float("inf")
+) -> Tuple[List[Path], List[torch.Tensor], List[str]]:
+    """(files read, their (T, 80) fbank, an error message per file that could not be read or
+    is longer than `max_seconds`)."""
     extractor = get_fbank_extractor()
     ok, feats, errors = [], [], []
     for path in files:
         try:
-            samples = read_audio(path)
+            samples = read_audio(path, max_seconds)
         except AudioError as e:
             errors.append(str(e))
             continue
@@ -132,7 +149,7 @@ def run(args: argparse.Namespace, recipe: Recipe) -> int:
         raise ValueError(f"--method {params.method} does not apply to this model ({model.head.name}); use one of {methods}")
     if params.timestamps and params.method != "greedy_search":
         raise ValueError("--timestamps 1 needs --method greedy_search (the beam searches keep no token times)")
-    files, feats, errors = features_of(params.files)
+    files, feats, errors = features_of(params.files, params.max_utterance_duration)
     for message in errors:
         print(f"error: {message}", file=sys.stderr)
     results = transcribe(model, tokenizer, feats, params) if feats else []

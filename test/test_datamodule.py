@@ -364,3 +364,23 @@ def test_on_the_fly_features_match_stored_ones(libri):
         # Stored features went through lilcom compression. The last frame's window reaches past
         # the audio, which Lhotse pads differently for a batch of waveforms: not compared.
         torch.testing.assert_close(a["inputs"][row, : n - 1], b["inputs"][row, : n - 1], atol=0.1, rtol=0)
+
+
+def test_duplicate_cut_ids_are_an_error_naming_the_id(tmp_path):
+    import gzip
+    import json
+
+    cuts = list(load_manifest_lazy(_synthetic_manifest(tmp_path / "cuts.jsonl.gz", 20)))
+    cuts[12] = fastcopy(cuts[12], id=cuts[3].id)
+    path = tmp_path / "with-duplicate.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        for cut in cuts:
+            print(json.dumps(cut.to_dict()), file=f)
+    kept, cut_filter = filter_cuts(load_manifest_lazy(path), _CharTokenizer(), cif_output_frames, max_duration=30.0)
+    with pytest.raises(ValueError, match=rf"Cut id '{cuts[3].id}' occurs more than once .* cut #12"):
+        list(kept)
+    assert cut_filter.counts is None  # the aborted pass counted nothing
+
+    cuts[12] = fastcopy(cuts[12], id=cuts[12].id + "-b")
+    assert len(list(filter_cuts(CutSet.from_cuts(cuts), _CharTokenizer(), cif_output_frames,
+                                max_duration=30.0)[0])) > 0

@@ -104,7 +104,45 @@ def test_pretrained_timestamps_resampling_and_bad_files(tiny_model: TrainedModel
         times = [float(pair.rsplit("@", 1)[1]) for pair in block[2].split()] if len(block) > 2 else []
         assert times == sorted(times) and all(0 <= t < duration for t in times)
 
+    # Too long for the limit: named with how to split it, the others still decoded.
+    short = tmp_path / "short.wav"
+    sf.write(short, samples[: len(samples) // 4], rate)
+    proc = run_pretrained(tiny_model, exported, ["--max-utterance-duration", f"{duration / 2:.3f}", str(first),
+                                                 str(short)])
+    assert proc.returncode == 1
+    assert f"error: {first}: {duration:.1f} s of audio, more than --max-utterance-duration" in proc.stderr
+    assert "sox IN OUT trim" in proc.stderr
+    assert [b.splitlines()[0] for b in proc.stdout.strip().split("\n\n")] == [f"{short}:"]
+
     proc = run_pretrained(tiny_model, exported, ["--timestamps", "1", "--method", "beam_search", str(first)])
     assert proc.returncode == 1 and "--timestamps 1 needs --method greedy_search" in proc.stderr
     proc = run_pretrained(tiny_model, exported, ["--method", "modified_beam_search", str(first)])
     assert proc.returncode == 1 and "does not apply to this model (cif_ce_ar)" in proc.stderr
+
+
+class _WritesAMarker:
+    """Unpickling this calls `open(marker, "w")`: a stand-in for a downloaded file that runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pretrained_refuses_untrusted_checkpoints_and_other_token_tables(
+    tiny_model: TrainedModel, exported: Path, tmp_path
+):
+    audio = str(next(iter(tiny_test_audio(tiny_model).values())))
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "pretrained.pt"
+    saved = torch.load(exported / "pretrained.pt", weights_only=True)
+    torch.save({**saved, "payload": _WritesAMarker(marker)}, evil)
+    proc = subprocess.run([sys.executable, str(LIBRI / "zipformer_cif" / "pretrained.py"), "--checkpoint", str(evil),
+                           audio], cwd=tiny_model.corpus.root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and f"{evil}: refused to load" in proc.stderr
+    assert not marker.exists()
+
+    other_tokens = tiny_model.corpus.other_lang_dir / "tokens.txt"
+    proc = run_pretrained(tiny_model, exported, ["--tokens", str(other_tokens), audio])
+    assert proc.returncode == 1 and f"--tokens {other_tokens} is not the token table" in proc.stderr

@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from icefall_cif.cif import integrate_and_fire
@@ -295,7 +296,6 @@ def test_onnx_runtimes_transcribe_like_pretrained(models, tiny_corpus: Corpus, d
 
 def test_sherpa_onnx_decodes_an_utterance_without_fire(models, tiny_corpus: Corpus, tmp_path):
     """The quiet transducer fires nothing on a short file: empty text from both runtimes, no crash."""
-    import soundfile as sf
 
     from icefall_cif import onnx_export
     from icefall_cif.onnx_pretrained import OnnxCifModel, sherpa_recognizer, sherpa_transcribe
@@ -338,3 +338,20 @@ def test_bad_inputs_are_clear_errors(models, tiny_corpus: Corpus, tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1 and "sherpa-onnx has no layout for cif_ce_ar" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(LIBRI / "zipformer_cif" / "onnx_pretrained.py"), "--tokens", str(tokens),
+         "--encoder-model-filename", str(encoder), "--decoder-model-filename", str(decoder),
+         "--max-utterance-duration", "60", "x.wav"], capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and "the ONNX encoder takes at most 40 s per file" in proc.stderr
+
+    # A file longer than the graph's limit is named, not passed to onnxruntime to fail inside it.
+    long_file = tmp_path / "long.wav"
+    sf.write(long_file, np.zeros(16000 * 41, dtype="float32"), 16000)
+    proc = subprocess.run(
+        [sys.executable, str(LIBRI / "zipformer_cif" / "onnx_pretrained.py"), "--tokens", str(tokens),
+         "--encoder-model-filename", str(encoder), "--decoder-model-filename", str(decoder), str(long_file)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1 and f"error: {long_file}: 41.0 s of audio, more than --max-utterance-duration 40" \
+        in proc.stderr
