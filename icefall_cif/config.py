@@ -129,6 +129,14 @@ class LossConfig:
             "(Viterbi alignment of the CTC head) should be half-way through that token; 0 = off."
         },
     )
+    cif_scale_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "Scale the CIF weights to fire exactly U times in training, as the CIF papers do (the CE "
+            "heads need one vector per token). 0: train on the fires inference makes (tail included), "
+            "so a transducer learns to read the merged and split vectors it meets when decoding."
+        },
+    )
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the CE loss."})
     prune_range: int = field(
         default=5, metadata={"help": "Symbols kept per CIF vector by the pruned RNN-T loss."}

@@ -193,6 +193,31 @@ def test_cif_alignment_loss_and_ctc_input_are_wired_in():
         assert spikes[i, t // 2, 0].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+def test_training_on_the_fires_of_decoding():
+    g = torch.Generator().manual_seed(5)
+    model = get_model(small_config("cif_transducer")).eval()
+    x, x_lens, ys = random_batch(3, g)
+    y_lens = torch.tensor([len(y) for y in ys])
+    with torch.no_grad():
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        decoded = model.forward_cif(enc, enc_lens)
+        trained = model.forward_cif_as_decoded(enc, enc_lens, y_lens)
+    assert trained.cif_lens.tolist() == decoded.cif_lens.clamp(min=1).tolist()
+    n = int(decoded.cif_lens.max())
+    assert torch.equal(trained.cif[:, :n], decoded.cif[:, :n])
+    expected_quantity = (decoded.alpha.sum(1) - y_lens).abs().sum()
+    assert trained.quantity_loss.item() == pytest.approx(expected_quantity.item(), rel=1e-6)
+
+    # No fire at all: one zero vector, still a finite loss.
+    model.cif_predictor.weight_proj.bias.data.fill_(-30.0)
+    out = model.train()(x, x_lens, ys, LossConfig(cif_scale_weights=False, warm_step=0))
+    assert all(torch.isfinite(v) for v in out.values())
+
+    ce_model = get_model(small_config("cif_ce_ar"))
+    with pytest.raises(ValueError, match="--cif-scale-weights 0 needs a decoder that reads any number"):
+        ce_model(x, x_lens, ys, LossConfig(cif_scale_weights=False))
+
+
 @pytest.mark.parametrize("decoder_type", DECODER_TYPES)
 def test_losses_match_naive_references(decoder_type):
     g = torch.Generator().manual_seed(2)

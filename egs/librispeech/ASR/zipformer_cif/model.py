@@ -31,7 +31,7 @@ from transducer_head import TransducerHead
 from zipformer import SimpleDownsample
 
 from icefall_cif.alignment import cif_alignment_loss, ctc_forced_align
-from icefall_cif.cif import CifPredictor, CifPredictorOutput
+from icefall_cif.cif import CifOutput, CifPredictor, CifPredictorOutput, fit_to_target_lengths, quantity_loss
 from icefall_cif.config import LossConfig
 from icefall_cif.model_contract import DecoderHead
 from icefall_cif.utils import make_pad_mask, pad_token_ids
@@ -275,6 +275,28 @@ class CifAsrModel(nn.Module):
         h, h_lens = self.downsample_for_cif(encoder_out, encoder_out_lens)
         return self.cif_predictor(h, h_lens, target_lengths, self.predictor_side_input(encoder_out, encoder_out_lens))
 
+    def forward_cif_as_decoded(
+        self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, y_lens: torch.Tensor
+    ) -> CifPredictorOutput:
+        """CIF with the raw weights and tail handling of inference, plus the quantity loss.
+
+        For heads that score any number of tokens on any number of vectors (the transducer):
+        training then meets the vectors decoding meets, a token split over two or two tokens
+        merged into one when the fire count is off. An utterance that fires nothing gets one
+        zero vector, so that every utterance has a lattice.
+        """
+        if not self.head.scores_any_length:
+            raise ValueError(
+                f"--cif-scale-weights 0 needs a decoder that reads any number of CIF vectors; "
+                f"{self.head.name} emits exactly one token per vector"
+            )
+        out = self.forward_cif(encoder_out, encoder_out_lens)
+        h_lens = (encoder_out_lens + self.cif_downsample_factor - 1) // self.cif_downsample_factor
+        fitted = fit_to_target_lengths(CifOutput(out.cif, out.cif_lens, out.fire_frames), out.cif_lens.clamp(min=1), h_lens)
+        return CifPredictorOutput(
+            fitted.cif, fitted.cif_lens, out.alpha, fitted.fire_frames, quantity_loss(out.alpha, y_lens)
+        )
+
     def predictor_side_input(self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor) -> Optional[torch.Tensor]:
         """What the weight predictor takes besides the CIF frames: None, or with
         `cif_ctc_input` the CTC spike mass (N, T'', 1) of :meth:`ctc_spike_input`."""
@@ -352,7 +374,10 @@ class CifAsrModel(nn.Module):
 
         ctc_log_probs = self.ctc_log_probs(encoder_out)
         ctc_loss = self.forward_ctc(ctc_log_probs, encoder_out_lens, y_padded, y_lens)
-        cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+        if loss_config.cif_scale_weights:
+            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+        else:
+            cif_out = self.forward_cif_as_decoded(encoder_out, encoder_out_lens, y_lens)
         losses = {"ctc_loss": ctc_loss, "quantity_loss": cif_out.quantity_loss}
         # Validation always measures it: how far the fires are from the CTC head's spikes.
         if loss_config.cif_align_loss_scale > 0 or not self.training:
