@@ -112,6 +112,13 @@ def config_from_dict(cls: Type[C], saved: Mapping[str, Any], what: str) -> C:
     return cls(**dict(saved))
 
 
+def inference_config(config: C) -> C:
+    """`config` with every field marked `"training_only": True` in its metadata back at its
+    default: the architecture an exported model is built with (no distillation projections)."""
+    reset = {f.name: f.default for f in dataclasses.fields(config) if f.metadata.get("training_only")}
+    return dataclasses.replace(config, **reset)
+
+
 @dataclass
 class LossConfig:
     """Training-only settings of the losses: what to optimise, not what the model is.
@@ -160,3 +167,33 @@ class LossConfig:
             "(--simple-loss-scale, 1.0)."
         },
     )
+    acd_loss_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of HieraDist's acoustic contrastive distillation: the CIF vectors (through a "
+            "training-only Linear to the teacher's dim) against the teacher vectors of --plm-manifest; "
+            "HieraDist uses 1.0; 0 = off (docs/distillation.md)."
+        },
+    )
+    acd_num_negatives: int = field(
+        default=700,
+        metadata={
+            "help": "ACD negatives drawn from the batch's tokens (int(0.8 N) when the batch has N <= this many "
+            "tokens); 0 = every token of the batch."
+        },
+    )
+    acd_temperature: float = field(default=0.02, metadata={"help": "ACD: logits are cosine / this."})
+    lrd_loss_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of HieraDist's linguistic regression distillation: the decoder state entering the "
+            "vocabulary projection (cif_transducer: the joiner's hidden activation at CIF vector u and the "
+            "prediction after u-1 tokens), through a training-only Linear, MSE-summed against the teacher "
+            "vectors; HieraDist uses 0.01; 0 = off."
+        },
+    )
+
+    @property
+    def distills(self) -> bool:
+        """Whether a distillation loss is on (the batches then need teacher features)."""
+        return self.acd_loss_scale > 0 or self.lrd_loss_scale > 0

@@ -6,7 +6,9 @@ in `--manifest-dir`) only decides which `<corpus>_cuts_<part>.jsonl.gz` files `t
 
 Batches are those of Lhotse's `K2SpeechRecognitionDataset`: `batch["inputs"]` (N, T, 80) fbank,
 `batch["supervisions"]` with `text`, `sequence_idx`, `start_frame`, `num_frames` (N,) and, with
-`--return-cuts`, `cut`.
+`--return-cuts`, `cut`. With `--plm-manifest` (distillation), the training cuts come from that
+manifest and training batches also hold `batch["teacher"]`: `feats` (N, U, D) float32 padded with
+zeros and `lens` (N,), each cut's teacher vectors (`icefall_cif.distill`) in supervision order.
 """
 import argparse
 import copy
@@ -35,6 +37,7 @@ from lhotse.utils import compute_num_frames
 from torch.utils.data import DataLoader
 
 from icefall_cif.data_prep import CORPORA, cuts_filename, get_fbank_extractor
+from icefall_cif.distill import TEACHER_FIELD, collate_teacher
 from icefall_cif.utils import str2bool
 
 FRAME_SHIFT = 0.01
@@ -332,6 +335,29 @@ def restore_sampler_position(sampler: CutSampler, epoch: int, num_batches: int) 
     return seconds
 
 
+class TeacherDataset(K2SpeechRecognitionDataset):
+    """`K2SpeechRecognitionDataset` whose batches also carry the cuts' teacher vectors.
+
+    `batch["teacher"]` = {"feats": (N, U, D) float32, "lens": (N,) int64}, read from the custom
+    field `field` of each cut (a MUSAN-mixed cut reads its speech track's), in the order of
+    `batch["supervisions"]`. `return_cuts` keeps its meaning: the cuts are always collected
+    for the lookup but only stay in the batch when it is True.
+    """
+
+    def __init__(self, *args, return_cuts: bool = False, field: str = TEACHER_FIELD, **kwargs):
+        super().__init__(*args, return_cuts=True, **kwargs)
+        self.keep_cuts = return_cuts
+        self.field = field
+
+    def __getitem__(self, cuts: CutSet) -> Dict[str, Any]:
+        batch = super().__getitem__(cuts)
+        feats, lens = collate_teacher(batch["supervisions"]["cut"], self.field)
+        batch["teacher"] = {"feats": feats, "lens": lens}
+        if not self.keep_cuts:
+            del batch["supervisions"]["cut"]
+        return batch
+
+
 class AsrDataModule:
     """icefall's `AsrDataModule`: train/valid/test DataLoaders over Lhotse cuts.
 
@@ -354,6 +380,10 @@ class AsrDataModule:
                            help="Which corpus's cut files to read; inferred from --manifest-dir when omitted.")
         group.add_argument("--manifest-dir", type=Path, default=Path("data/fbank"),
                            help="Directory with <corpus>_cuts_<part>.jsonl.gz (prepare.sh stage 2).")
+        group.add_argument("--plm-manifest", type=Path, default=None,
+                           help="Training cuts with teacher features (local/extract_plm_feats.py, prepare.sh "
+                                "stage 7): read instead of the training cuts of --manifest-dir, and their teacher "
+                                "vectors go into the batches. Needed by --acd-loss-scale / --lrd-loss-scale > 0.")
         group.add_argument("--max-duration", type=float, default=200.0,
                            help="Maximum total audio seconds in a batch; lower it on out-of-memory errors.")
         group.add_argument("--bucketing-sampler", type=str2bool, default=True,
@@ -415,7 +445,17 @@ class AsrDataModule:
         return CutSet(CheckedManifest(path, self.corpus))
 
     def train_cuts(self) -> CutSet:
-        return self.load_cuts(CORPORA[self.corpus].splits["train"])
+        """The training cuts: --plm-manifest when given, else the corpus' training part."""
+        plm_manifest = getattr(self.args, "plm_manifest", None)
+        if plm_manifest is None:
+            return self.load_cuts(CORPORA[self.corpus].splits["train"])
+        if not Path(plm_manifest).is_file():
+            raise FileNotFoundError(
+                f"--plm-manifest {plm_manifest} not found. Write it with local/extract_plm_feats.py (or "
+                f"`./prepare.sh --stage 7 --stop-stage 7 --plm-dir DIR`) in egs/{self.corpus}/ASR."
+            )
+        logging.info(f"Loading the training cuts with teacher features from {plm_manifest}")
+        return CutSet(CheckedManifest(Path(plm_manifest), self.corpus))
 
     def dev_cuts(self) -> CutSet:
         return self.load_cuts(CORPORA[self.corpus].splits["dev"])
@@ -469,7 +509,8 @@ class AsrDataModule:
                     frames_mask_size=100,
                 )
             )
-        dataset = K2SpeechRecognitionDataset(
+        with_teacher = getattr(self.args, "plm_manifest", None) is not None
+        dataset = (TeacherDataset if with_teacher else K2SpeechRecognitionDataset)(
             input_strategy=self._input_strategy(),
             cut_transforms=transforms,
             input_transforms=input_transforms,

@@ -15,6 +15,7 @@ and one head class per `--decoder-type`: the transducer, AR CE and NAR CE heads 
 Example (the loops' view of one batch)::
 
     losses = model(x, x_lens, token_ids, loss_config)                 # unweighted
+    losses = model(x, x_lens, token_ids, loss_config, teacher=teacher)  # + ACD/LRD (icefall_cif.distill)
     loss = weighted_loss(model, losses, loss_config, batch_idx_train)  # ctc, quantity + the head's
     encoder_out, lens = model.forward_encoder(x, x_lens)
     cif_out = model.forward_cif(encoder_out, lens)
@@ -28,6 +29,7 @@ from torch import nn
 
 from icefall_cif.cif import CifPredictorOutput
 from icefall_cif.config import LossConfig
+from icefall_cif.distill import TeacherFeatures
 
 #: The CTC head's methods: every model has the auxiliary CTC head.
 CTC_METHODS: Tuple[str, ...] = ("ctc_greedy_search", "ctc_prefix_beam_search")
@@ -50,6 +52,8 @@ class DecoderHead(nn.Module, ABC):
     loss_names: ClassVar[Tuple[str, ...]]
     blank_id: int
     vocab_size: int
+    #: Width of the states :meth:`loss_and_token_states` returns (what LRD projects from).
+    token_state_dim: int
     #: Whether :meth:`sequence_log_probs` scores token sequences of any length over the same CIF
     #: vectors (a transducer can; a CE head emits exactly one token per vector).
     scores_any_length: ClassVar[bool] = False
@@ -85,6 +89,24 @@ class DecoderHead(nn.Module, ABC):
         Returns:
           {name: scalar}, names among :attr:`loss_names` (optional terms only when enabled).
         """
+
+    def loss_and_token_states(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """:meth:`loss`, and at each target position the state that enters the head's vocabulary
+        projection (linguistic regression distillation, icefall_cif.distill, regresses it).
+
+        Returns:
+          the losses of :meth:`loss`, and (N, U, :attr:`token_state_dim`) states, teacher-forced
+          with token u-1 and CIF vector u at position u (rows u >= y_lens[i] are padding).
+        """
+        raise NotImplementedError(f"the {self.name} head does not expose its token states")
 
     @staticmethod
     @abstractmethod
@@ -135,6 +157,11 @@ class DecoderHead(nn.Module, ABC):
 class CifModel(Protocol):
     """What the shared loops need of a CIF speech recognizer (see the module docstring).
 
+    Training-only modules (the distillation projections) live under the submodule `distill`
+    (state-dict keys `distill.*`, :data:`icefall_cif.distill.TRAINING_ONLY_PREFIX`), built from
+    config fields marked `"training_only": True`; decoding never uses them and the exports drop
+    them (:func:`icefall_cif.export.inference_model`).
+
     Attributes:
       head: the :class:`DecoderHead` over the CIF vectors.
       blank_id: CTC/transducer blank and start symbol; vocab_size: tokens, blank included.
@@ -148,9 +175,18 @@ class CifModel(Protocol):
     cif_downsample_factor: int
 
     def forward(
-        self, x: torch.Tensor, x_lens: torch.Tensor, y: List[List[int]], loss_config: LossConfig
+        self,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        y: List[List[int]],
+        loss_config: LossConfig,
+        teacher: Optional[TeacherFeatures] = None,
     ) -> Dict[str, torch.Tensor]:
-        """(N, T, F) features, (N,) lengths, N token lists -> unweighted losses summed over the batch."""
+        """(N, T, F) features, (N,) lengths, N token lists -> unweighted losses summed over the batch.
+
+        `teacher`: the batch's (N, U, D) teacher vectors, one row per token of `y`; needed (and
+        only read) when `loss_config` turns distillation on, which adds "acd_loss" / "lrd_loss".
+        """
 
     def forward_encoder(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(N, T, F), (N,) -> encoder_out (N, T', C), encoder_out_lens (N,)."""
@@ -202,11 +238,17 @@ def decoding_methods(model: CifModel) -> List[str]:
 
 
 def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
-    """{loss name: weight}: the CTC, quantity (and CIF alignment) losses first, then the head's terms."""
+    """{loss name: weight}: the CTC, quantity (and CIF alignment) losses first, then the head's terms,
+    then the distillation terms that are on."""
     weights = {"ctc_loss": config.ctc_loss_scale, "quantity_loss": config.quantity_loss_scale}
     if config.cif_align_loss_scale > 0:
         weights["cif_align_loss"] = config.cif_align_loss_scale
-    return {**weights, **model.head.loss_weights(config, batch_idx_train)}
+    distill = {}
+    if config.acd_loss_scale > 0:
+        distill["acd_loss"] = config.acd_loss_scale
+    if config.lrd_loss_scale > 0:
+        distill["lrd_loss"] = config.lrd_loss_scale
+    return {**weights, **model.head.loss_weights(config, batch_idx_train), **distill}
 
 
 def weighted_loss(

@@ -34,13 +34,8 @@ import torch
 from torch import nn
 
 from icefall_cif.cif_dense import dense_integrate_and_fire
-from icefall_cif.decode.loop import (
-    add_model_selection_arguments,
-    load_weights,
-    model_config_for_decoding,
-    select_model_weights,
-)
-from icefall_cif.model_contract import check_model
+from icefall_cif.decode.loop import add_model_selection_arguments, model_config_for_decoding, select_model_weights
+from icefall_cif.export import inference_model
 from icefall_cif.recipe import Recipe
 from icefall_cif.tokenizer import Tokenizer, check_token_table, read_tokens_txt
 from icefall_cif.utils import AttributeDict
@@ -234,9 +229,7 @@ def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Mo
     if config.decoder_type not in SUPPORTED_DECODER_TYPES:
         raise ValueError(f"The model in {params.exp_dir} has decoder type {config.decoder_type}; export-onnx.py "
                          f"has layouts for {list(SUPPORTED_DECODER_TYPES)}")
-    model = recipe.get_model(config)
-    check_model(model)
-    load_weights(model, state, params)
+    model, config = inference_model(recipe, config, state, params)
     suffix = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
     return model.eval(), suffix, config.feature_dim
 

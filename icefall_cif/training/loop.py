@@ -15,6 +15,7 @@ differs after a resume; the data order is exact in every case.
 """
 import argparse
 import copy
+import dataclasses
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ from icefall_cif.checkpoint import (
 from icefall_cif.config import LossConfig, config_from_options, config_to_dict
 from icefall_cif.datamodule import AsrDataModule, filter_cuts, restore_sampler_position
 from icefall_cif.decode.greedy import greedy_search
+from icefall_cif.distill import TeacherFeatures, teacher_dim
 from icefall_cif.dist import cleanup_dist, get_local_rank, get_world_size, is_torchrun, setup_dist, unwrap_model
 from icefall_cif.model_contract import check_model, weighted_loss
 from icefall_cif.optim import Eden, ScaledAdam
@@ -87,19 +89,27 @@ def compute_loss(
 
     Args:
       model: a CifModel, possibly DDP-wrapped.
-      batch: a K2SpeechRecognitionDataset batch: `inputs` (N, T, 80), `supervisions`.
+      batch: a K2SpeechRecognitionDataset batch: `inputs` (N, T, 80), `supervisions`, and with
+        --plm-manifest `teacher` (datamodule.TeacherDataset), passed to the model.
     Returns:
       The total loss (summed over utterances, a scalar tensor) and its accounting per component.
+      Per-token losses (CE, alignment, ACD, LRD) are reported per token, the quantity loss per
+      utterance, the rest per CIF frame.
     """
     feature = batch["inputs"].to(device)
     supervisions = batch["supervisions"]
     feature_lens = supervisions["num_frames"].to(device)
     y = tokenizer.encode(supervisions["text"])
     inner = unwrap_model(model)
-    losses = model(feature, feature_lens, y, loss_config)
+    if "teacher" in batch:
+        teacher = TeacherFeatures(batch["teacher"]["feats"], batch["teacher"]["lens"])
+        check_teacher_rows(teacher, y, batch)
+        losses = model(feature, feature_lens, y, loss_config, teacher=teacher.to(device))
+    else:
+        losses = model(feature, feature_lens, y, loss_config)
     loss = weighted_loss(inner, losses, loss_config, params.batch_idx_train)
     info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "cif_align_loss": "tokens",
-                                     "quantity_loss": "utterances"})
+                                     "acd_loss": "tokens", "lrd_loss": "tokens", "quantity_loss": "utterances"})
     # The CIF frames the model integrates over: the per-frame loss normaliser.
     info["frames"] = float(inner.num_output_frames(feature_lens).sum())
     info["tokens"] = float(sum(len(t) for t in y))
@@ -108,6 +118,36 @@ def compute_loss(
         info[name] = value.detach().float().item()
     info["loss"] = loss.detach().float().item()
     return loss, info
+
+
+def check_teacher_rows(teacher: TeacherFeatures, y: List[List[int]], batch: Dict[str, Any]) -> None:
+    """Raise a ValueError naming the cuts whose teacher vectors are not one per token of `y`
+    (features extracted with another lang dir, or an edited transcript)."""
+    wrong = [i for i, (rows, tokens) in enumerate(zip(teacher.lens.tolist(), y)) if rows != len(tokens)]
+    if not wrong:
+        return
+    ids = batch_cut_ids(batch) or [f"#{i} of the batch" for i in range(len(y))]
+    details = ", ".join(f"{ids[i]} ({teacher.lens[i]} rows, {len(y[i])} tokens)" for i in wrong)
+    raise ValueError(
+        f"Teacher features do not match the tokens of cut(s) {details}: --plm-manifest was extracted with "
+        f"another --lang-dir or from other transcripts; run local/extract_plm_feats.py again with this --lang-dir"
+    )
+
+
+def distillation_dims(params: AttributeDict, loss_config: LossConfig) -> Tuple[int, int]:
+    """(acd_teacher_dim, lrd_teacher_dim) of the model: the teacher's D for each distillation
+    loss that is on (read from the first cut of --plm-manifest), else 0."""
+    if not loss_config.distills:
+        return 0, 0
+    from lhotse import load_manifest_lazy
+
+    path = Path(params.plm_manifest)
+    if not path.is_file():
+        raise FileNotFoundError(f"--plm-manifest {path} not found: write it with local/extract_plm_feats.py")
+    dim = teacher_dim(load_manifest_lazy(path), path)
+    logging.info(f"Distillation from the {dim}-dim teacher vectors of {path}: ACD x {loss_config.acd_loss_scale}, "
+                 f"LRD x {loss_config.lrd_loss_scale}")
+    return (dim if loss_config.acd_loss_scale > 0 else 0), (dim if loss_config.lrd_loss_scale > 0 else 0)
 
 
 def dumpable_batch(batch: Dict[str, Any]) -> Dict[str, Any]:
@@ -135,8 +175,11 @@ def validate(
 ) -> MetricsTracker:
     """Validation loss, and the greedy WER/CER of the validation set when --valid-decode.
 
-    Under DDP each rank scores its share of the set and the sums are all-reduced.
+    Under DDP each rank scores its share of the set and the sums are all-reduced. The
+    distillation losses are left out (the validation cuts have no teacher features), so the
+    validation loss of a distilled run compares with an undistilled one's.
     """
+    loss_config = dataclasses.replace(loss_config, acd_loss_scale=0.0, lrd_loss_scale=0.0)
     model.eval()
     tot = MetricsTracker()
     errors = ref_units = 0
@@ -494,8 +537,10 @@ def _train(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe,
     tokenizer = Tokenizer.from_lang_dir(params.lang_dir)
     params.vocab_size = tokenizer.vocab_size
     params.blank_id = tokenizer.blank_id
-    model_config = config_from_options(recipe.model_config, params)
     loss_config = config_from_options(LossConfig, params)
+    # Before the model config: the distillation projections' sizes come from the teacher manifest.
+    params.acd_teacher_dim, params.lrd_teacher_dim = distillation_dims(params, loss_config)
+    model_config = config_from_options(recipe.model_config, params)
     logging.info(f"Options: {dict(params)}")
     params.model_config = config_to_dict(model_config)
     params.token_table = token_table(tokenizer)

@@ -3,6 +3,7 @@ architecture (the recipe's config dataclass), losses (:class:`icefall_cif.config
 and data (:class:`icefall_cif.datamodule.AsrDataModule`)."""
 import argparse
 from pathlib import Path
+from typing import List
 
 import torch
 
@@ -87,6 +88,31 @@ def get_params() -> AttributeDict:
     )
 
 
+def distillation_problems(params: AttributeDict) -> List[str]:
+    """What is wrong with the distillation options (--acd-*, --lrd-*, --plm-manifest)."""
+    problems = []
+    distills = params.acd_loss_scale > 0 or params.lrd_loss_scale > 0
+    if distills and params.get("plm_manifest") is None:
+        problems.append(
+            f"--acd-loss-scale {params.acd_loss_scale} / --lrd-loss-scale {params.lrd_loss_scale} need teacher "
+            f"features: pass --plm-manifest, the cuts written by local/extract_plm_feats.py (prepare.sh stage 7 "
+            f"with --plm-dir)"
+        )
+    if params.get("plm_manifest") is not None and params.concatenate_cuts:
+        problems.append("--plm-manifest cannot be combined with --concatenate-cuts 1: the teacher vectors belong to "
+                        "single cuts")
+    if distills and not params.cif_scale_weights:
+        problems.append("--acd-loss-scale / --lrd-loss-scale need one CIF vector per token: drop --cif-scale-weights 0")
+    if params.acd_loss_scale < 0 or params.lrd_loss_scale < 0:
+        problems.append("--acd-loss-scale and --lrd-loss-scale must be >= 0 (0 = off)")
+    if params.acd_num_negatives < 0:
+        problems.append(f"--acd-num-negatives must be >= 0 (0 = every token of the batch), got "
+                        f"{params.acd_num_negatives}")
+    if params.acd_temperature <= 0:
+        problems.append(f"--acd-temperature must be positive, got {params.acd_temperature}")
+    return problems
+
+
 def check_options(params: AttributeDict) -> None:
     """Reject impossible option combinations before anything is started, naming each problem."""
     problems = []
@@ -116,5 +142,6 @@ def check_options(params: AttributeDict) -> None:
         problems.append(f"--num-threads must be >= 0 (0 = automatic), got {params.num_threads}")
     if params.ref_duration <= 0:
         problems.append(f"--ref-duration must be positive, got {params.ref_duration}")
+    problems += distillation_problems(params)
     if problems:
         raise ValueError("Invalid training options:\n  " + "\n  ".join(problems))

@@ -13,13 +13,15 @@
 #   4  LM text data/lm/{train,dev}_text.txt, data/lm/lang_bpe_<N>/*_tokens.txt  data/lm/.librispeech.done
 #   5  MUSAN cuts data/fbank/musan_cuts.jsonl.gz (only with --musan-dir)       data/fbank/.musan.done
 #   6  token LMs data/lm/<lang dir>/ngram_3gram.arpa (+ rnn_lm.pt with --train-rnn-lm 1)   data/lm/<lang dir>/.ngram.done
+#   7  teacher features of a PLM for distillation (only with --plm-dir), per lang dir:
+#      data/fbank/librispeech_cuts_<train part>_plm_<lang dir>.jsonl.gz   data/fbank/.plm_<lang dir>.done
 # Logs: data/log/prepare-stage-<N>.log. Skipped items: data/manifests/librispeech_skipped.tsv and
 # data/lang_bpe_<N>/oov_utterances.tsv.
 
 set -euo pipefail
 
 stage=0
-stop_stage=6
+stop_stage=7
 num_jobs=$(nproc)
 dl_dir=$PWD/download
 corpus_dir=""
@@ -35,6 +37,8 @@ synth_opts=""
 perturb_speed=1
 vocab_sizes="500"
 musan_dir=""
+plm_dir=""
+plm_layer=-1
 lm_order=3
 train_rnn_lm=0
 python=python3
@@ -53,6 +57,9 @@ help_message="Usage: $0 [options]
   --lm-order N                 order of the token n-gram LM of stage 6 (default $lm_order)
   --train-rnn-lm 0|1           also train an LSTM LM in stage 6 (default $train_rnn_lm)
   --musan-dir DIR              MUSAN (openslr 17) for stage 5, used by --enable-musan
+  --plm-dir DIR                a local Hugging Face model directory for stage 7 (teacher features for
+                               --acd-loss-scale / --lrd-loss-scale; docs/distillation.md)
+  --plm-layer N                its hidden state to store (default $plm_layer = the last)
   --dl-dir DIR                 where the corpus lives (default $dl_dir)
   --python PY                  interpreter with icefall_cif installed (default $python)"
 
@@ -140,6 +147,24 @@ if stage_wanted 6; then
       touch "$lm_dir/.rnn.done"
     fi
   done
+fi
+
+if stage_wanted 7; then
+  banner 7 "teacher features of a PLM -> data/fbank/librispeech_cuts_<train part>_plm_<lang dir>.jsonl.gz"
+  if [ -z "$plm_dir" ]; then
+    log "No --plm-dir given - skipping (teacher features are only needed for distillation)"
+  else
+    lang_dirs=()
+    for vocab_size in $vocab_sizes; do lang_dirs+=("data/lang_bpe_$vocab_size"); done
+    for lang_dir in "${lang_dirs[@]}"; do
+      marker=data/fbank/.plm_$(basename "$lang_dir").done
+      if ! already_done "$marker"; then
+        "$python" local/extract_plm_feats.py --plm-dir "$plm_dir" --plm-layer "$plm_layer" --lang-dir "$lang_dir" \
+          --log-file data/log/prepare-stage-7.log
+        touch "$marker"
+      fi
+    done
+  fi
 fi
 
 log "Done: stages $stage..$stop_stage"

@@ -68,17 +68,17 @@ class ArCeHead(CeHead):
     def from_networks(cls, config, cif_dim: int, networks: Dict[str, nn.Module]) -> "ArCeHead":
         return cls(networks["ce_decoder"])
 
-    def teacher_forced_logits(
+    def teacher_forced_states(
         self,
         cif_out: CifPredictorOutput,
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
     ) -> torch.Tensor:
-        """(N, U, V) logits of all positions in one pass, token u-1 fed at position u."""
+        """(N, U, d_model) final states of all positions in one pass, token u-1 fed at position u."""
         # Slicing (not y[:, :-1]) keeps U = 0 valid.
         prev = F.pad(y_padded, (1, 0), value=self.blank_id)[:, : y_padded.size(1)]
-        return self.ce_decoder(cif_out.cif, cif_out.cif_lens, prev)
+        return self.ce_decoder.hidden_states(cif_out.cif, cif_out.cif_lens, prev)
 
     def greedy_search(
         self,

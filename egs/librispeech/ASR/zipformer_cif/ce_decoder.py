@@ -171,13 +171,19 @@ class ArCeDecoder(nn.Module):
         Returns:
           (N, U, vocab_size) logits.
         """
+        return self.output_linear(self.hidden_states(cif, cif_lens, prev_tokens))
+
+    def hidden_states(
+        self, cif: torch.Tensor, cif_lens: torch.Tensor, prev_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, U, d_model): the final (normed) hidden states of :meth:`forward`, before `output_linear`."""
         del cif_lens
         x = self._embed(cif, prev_tokens, 0)
         u = x.size(1)
         causal = torch.ones(u, u, dtype=torch.bool, device=x.device).triu(1)
         for layer in self.layers:
             x = layer(x, x, attn_mask=causal)
-        return self.output_linear(self.final_norm(x))
+        return self.final_norm(x)
 
     def forward_step(
         self,
@@ -258,6 +264,12 @@ class NarCeDecoder(nn.Module):
         Returns:
           (N, U, vocab_size) logits; rows at u >= cif_lens are padding.
         """
+        return self.output_linear(self.hidden_states(cif, cif_lens, memory, memory_lens))
+
+    def hidden_states(
+        self, cif: torch.Tensor, cif_lens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, U, d_model): the final (normed) hidden states of :meth:`forward`, before `output_linear`."""
         x = self.input_proj(cif)
         x = self.input_dropout(
             x + sinusoidal_positions(x.size(1), self.d_model, 0, x.device).to(x.dtype)
@@ -269,19 +281,35 @@ class NarCeDecoder(nn.Module):
             x = layer(
                 x, x, key_padding_mask=self_kpm, memory=mem, memory_key_padding_mask=mem_kpm
             )
-        return self.output_linear(self.final_norm(x))
+        return self.final_norm(x)
 
 
 class CeHead(DecoderHead):
     """What the CE heads share: one token per CIF vector, trained with label-smoothed CE.
 
-    Subclasses give :meth:`teacher_forced_logits`; the loss and its weight follow from it.
+    Subclasses set `ce_decoder` (a decoder with `output_linear` and `d_model`) and give
+    :meth:`teacher_forced_states`; the logits, the loss and its weight follow from them. The
+    token states (what LRD regresses) are the decoder's final hidden states, which enter
+    `output_linear`.
     """
 
     beam_methods = ("beam_search", "beam_search_lm_shallow_fusion")
     loss_names = ("ce_loss",)
 
+    @property
+    def token_state_dim(self) -> int:
+        return self.ce_decoder.d_model
+
     @abstractmethod
+    def teacher_forced_states(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N, U, d_model) final decoder states of every target position in one pass."""
+
     def teacher_forced_logits(
         self,
         cif_out: CifPredictorOutput,
@@ -290,6 +318,9 @@ class CeHead(DecoderHead):
         y_padded: torch.Tensor,
     ) -> torch.Tensor:
         """(N, U, V) logits of every target position in one pass."""
+        return self.ce_decoder.output_linear(
+            self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded)
+        )
 
     def loss(
         self,
@@ -302,6 +333,20 @@ class CeHead(DecoderHead):
     ) -> Dict[str, torch.Tensor]:
         logits = self.teacher_forced_logits(cif_out, encoder_out, encoder_out_lens, y_padded)
         return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
+
+    def loss_and_token_states(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """The CE loss and the (N, U, d_model) decoder states its logits were projected from."""
+        states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded)
+        logits = self.ce_decoder.output_linear(states)
+        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states
 
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:

@@ -63,15 +63,15 @@ class NarCeHead(CeHead):
     def from_networks(cls, config, cif_dim: int, networks: Dict[str, nn.Module]) -> "NarCeHead":
         return cls(networks["ce_decoder"], config.blank_id)
 
-    def teacher_forced_logits(
+    def teacher_forced_states(
         self,
         cif_out: CifPredictorOutput,
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
     ) -> torch.Tensor:
-        """(N, U, V) logits of one parallel pass (the targets are not fed back)."""
-        return self.ce_decoder(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
+        """(N, U, d_model) final states of one parallel pass (the targets are not fed back)."""
+        return self.ce_decoder.hidden_states(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
 
     def greedy_search(
         self,

@@ -8,7 +8,7 @@ from scaling import ScaledLinear
 
 
 class Joiner(nn.Module):
-    """logits = output_linear(tanh(encoder_proj(enc) + decoder_proj(dec)))."""
+    """logits = output_linear(hidden), hidden = tanh(encoder_proj(enc) + decoder_proj(dec))."""
 
     def __init__(self, encoder_dim: int, decoder_dim: int, joiner_dim: int, vocab_size: int):
         """
@@ -39,6 +39,15 @@ class Joiner(nn.Module):
         Returns:
           (N, T, s_range, vocab_size) unnormalized logits (the broadcast shape in general).
         """
+        return self.output_linear(self.hidden(encoder_out, decoder_out, project_input))
+
+    def hidden(
+        self,
+        encoder_out: torch.Tensor,
+        decoder_out: torch.Tensor,
+        project_input: bool = True,
+    ) -> torch.Tensor:
+        """The activation that enters `output_linear`: (..., joiner_dim), arguments as :meth:`forward`."""
         if encoder_out.ndim != decoder_out.ndim:
             raise ValueError(
                 f"encoder_out and decoder_out must have the same number of dims, got "
@@ -48,4 +57,4 @@ class Joiner(nn.Module):
             logit = self.encoder_proj(encoder_out) + self.decoder_proj(decoder_out)
         else:
             logit = encoder_out + decoder_out
-        return self.output_linear(torch.tanh(logit))
+        return torch.tanh(logit)

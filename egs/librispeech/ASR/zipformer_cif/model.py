@@ -16,6 +16,13 @@
 have of it. `ModelConfig` is the architecture (saved in every checkpoint, so decode.py
 rebuilds the model without options); `get_model(config)` builds it. A new decoder type is
 one head file plus one line in HEADS.
+
+With HieraDist distillation on (train.py --acd-loss-scale / --lrd-loss-scale, icefall_cif/distill.py)
+the model also holds the training-only projections `distill` (DistillProjections), built last
+so that every other module draws the same initial weights as without them. Their dims are the
+training-only ModelConfig fields `acd_teacher_dim`/`lrd_teacher_dim`, which train.py sets from
+the teacher manifest: decode.py rebuilds and loads them (and never calls them), export.py and
+export-onnx.py build the model with the dims reset to 0 and drop the `distill.*` weights.
 """
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple, Type
@@ -33,6 +40,7 @@ from zipformer import SimpleDownsample
 from icefall_cif.alignment import cif_alignment_loss, ctc_forced_align
 from icefall_cif.cif import CifOutput, CifPredictor, CifPredictorOutput, fit_to_target_lengths, quantity_loss
 from icefall_cif.config import LossConfig
+from icefall_cif.distill import DistillProjections, TeacherFeatures, acd_loss, lrd_loss
 from icefall_cif.model_contract import DecoderHead
 from icefall_cif.utils import make_pad_mask, pad_token_ids
 
@@ -118,13 +126,18 @@ class ModelConfig:
     vocab_size: Optional[int] = field(default=None, metadata={"internal": True})
     blank_id: int = field(default=0, metadata={"internal": True})
     feature_dim: int = field(default=80, metadata={"internal": True})
+    # Set by train.py from the teacher manifest (D) when --acd-loss-scale / --lrd-loss-scale > 0;
+    # "training_only": the exports build the model with the default (no projection).
+    acd_teacher_dim: int = field(default=0, metadata={"internal": True, "training_only": True})
+    lrd_teacher_dim: int = field(default=0, metadata={"internal": True, "training_only": True})
 
 
 class CifAsrModel(nn.Module):
     """Zipformer + CIF + a decoder head, with CTC and quantity losses.
 
     Submodules (checkpoint keys): `encoder_embed`, `encoder` (as icefall), `cif_downsample`
-    (None when `cif_downsample_factor` is 1), `cif_predictor`, `ctc_output`, `head`.
+    (None when `cif_downsample_factor` is 1), `cif_predictor`, `ctc_output`, `head`, and the
+    training-only `distill` (None unless distillation is on; see the module docstring).
     Checkpoints from before the heads (keys `decoder.*`, `joiner.*`, `simple_*_proj.*`,
     `ce_decoder.*`) load too: their keys are moved under `head.` on load.
     """
@@ -138,6 +151,7 @@ class CifAsrModel(nn.Module):
         ctc_output: nn.Module,
         head: DecoderHead,
         cif_downsample: int = 2,
+        distill: Optional[DistillProjections] = None,
     ):
         """
         Args:
@@ -149,6 +163,7 @@ class CifAsrModel(nn.Module):
             (see :func:`ctc_layer`).
           head: the decoder over the CIF vectors; its blank_id and vocab_size are the model's.
           cif_downsample: extra downsampling of the encoder output before CIF (1 = none).
+          distill: the distillation projections (training only), or None.
         """
         super().__init__()
         if cif_downsample < 1:
@@ -170,6 +185,7 @@ class CifAsrModel(nn.Module):
         self.cif_predictor = cif_predictor
         self.ctc_output = ctc_output
         self.head = head
+        self.distill = distill
         self._register_load_state_dict_pre_hook(_move_pre_head_keys)
 
     @property
@@ -349,6 +365,7 @@ class CifAsrModel(nn.Module):
         x_lens: torch.Tensor,
         y: List[List[int]],
         loss_config: LossConfig,
+        teacher: Optional[TeacherFeatures] = None,
     ) -> Dict[str, torch.Tensor]:
         """Training / validation losses, unweighted (the training loop weights them).
 
@@ -357,10 +374,13 @@ class CifAsrModel(nn.Module):
           x_lens: (N,) valid frames.
           y: N token-id lists (no blank, no sos/eos).
           loss_config: the training-only loss settings (smoothing, prune range, ...).
+          teacher: the teacher vectors, feats (N, U, D) and lens (N,) = the lengths of `y`; read
+            only when `loss_config` turns ACD or LRD on, and then required.
         Returns:
           scalar tensors summed over the batch: "ctc_loss", "quantity_loss", "cif_align_loss"
           when `loss_config.cif_align_loss_scale` > 0 or in eval mode, then the head's (`head.loss_names`:
-          "simple_loss" and "pruned_loss", or "ce_loss").
+          "simple_loss" and "pruned_loss", or "ce_loss"), then "acd_loss" / "lrd_loss" when their
+          scales are > 0 (sums over the valid tokens, see icefall_cif.distill).
         """
         if x.ndim != 3 or x_lens.shape != (x.size(0),) or len(y) != x.size(0):
             raise ValueError(
@@ -385,8 +405,48 @@ class CifAsrModel(nn.Module):
             # CTC frames -> CIF frames (-1, "no alignment", stays negative).
             cif_frames = torch.where(spikes >= 0, spikes // self.cif_downsample_factor, spikes)
             losses["cif_align_loss"] = cif_alignment_loss(cif_out.alpha, cif_frames)
-        losses.update(self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config))
+        if not loss_config.distills:
+            losses.update(self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config))
+            return losses
+        teacher_rows = self._teacher_rows(teacher, y_lens, loss_config)  # (sum U, D)
+        # Positions of the batch's valid tokens, in the same (utterance, token) order as teacher_rows.
+        valid = make_pad_mask(y_lens, y_padded.size(1)).logical_not()
+        if loss_config.lrd_loss_scale > 0:
+            head_losses, states = self.head.loss_and_token_states(
+                cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config
+            )
+            losses.update(head_losses)
+            losses["lrd_loss"] = lrd_loss(self.distill.lrd(states[valid]), teacher_rows)
+        else:
+            losses.update(self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config))
+        if loss_config.acd_loss_scale > 0:
+            losses["acd_loss"] = acd_loss(
+                self.distill.acd(cif_out.cif[valid]), teacher_rows,
+                num_negatives=loss_config.acd_num_negatives, temperature=loss_config.acd_temperature,
+            )
         return losses
+
+    def _teacher_rows(
+        self, teacher: Optional[TeacherFeatures], y_lens: torch.Tensor, loss_config: LossConfig
+    ) -> torch.Tensor:
+        """The teacher vectors of the batch's valid tokens, (sum of y_lens, D), after checking
+        that the batch, the model and the options fit together."""
+        if teacher is None:
+            raise ValueError("--acd-loss-scale / --lrd-loss-scale > 0 need the batch's teacher features "
+                             "(train on --plm-manifest, written by local/extract_plm_feats.py)")
+        if not loss_config.cif_scale_weights:
+            raise ValueError("--acd-loss-scale / --lrd-loss-scale need one CIF vector per token: they cannot be "
+                             "combined with --cif-scale-weights 0")
+        for name, scale, dim in (("acd", loss_config.acd_loss_scale, "acd_teacher_dim"),
+                                 ("lrd", loss_config.lrd_loss_scale, "lrd_teacher_dim")):
+            if scale > 0 and (self.distill is None or getattr(self.distill, name) is None):
+                raise ValueError(f"--{name}-loss-scale > 0 but the model has no {name.upper()} projection: build it "
+                                 f"with ModelConfig.{dim} = the teacher's dimension (train.py does)")
+        if teacher.lens.shape != y_lens.shape or bool((teacher.lens.to(y_lens.device) != y_lens).any()):
+            raise ValueError(f"teacher features have {teacher.lens.tolist()} rows but the utterances "
+                             f"{y_lens.tolist()} tokens")
+        valid = make_pad_mask(y_lens, teacher.feats.size(1)).logical_not()
+        return teacher.feats.to(y_lens.device)[valid]
 
 
 def _head_key(key: str) -> str:
@@ -448,6 +508,11 @@ def get_model(config: ModelConfig) -> CifAsrModel:
     networks = head_class.build_networks(config, encoder_dim)
     ctc_output = ctc_layer(encoder_dim, config.vocab_size)
     head = head_class.from_networks(config, encoder_dim, networks)
+    # Last, and only when on: the other modules' initial weights do not depend on it.
+    distill = None
+    if config.acd_teacher_dim > 0 or config.lrd_teacher_dim > 0:
+        state_dim = head.token_state_dim if config.lrd_teacher_dim > 0 else 0
+        distill = DistillProjections(encoder_dim, config.acd_teacher_dim, state_dim, config.lrd_teacher_dim)
     return CifAsrModel(
         encoder_embed=encoder_embed,
         encoder=encoder,
@@ -456,6 +521,7 @@ def get_model(config: ModelConfig) -> CifAsrModel:
         ctc_output=ctc_output,
         head=head,
         cif_downsample=config.cif_downsample,
+        distill=distill,
     )
 
 

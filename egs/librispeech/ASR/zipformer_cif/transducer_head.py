@@ -47,6 +47,11 @@ class TransducerHead(DecoderHead):
 
     Submodules (checkpoint keys under `head.`): `decoder`, `joiner`, `simple_am_proj`,
     `simple_lm_proj`, named as in icefall's AsrModel.
+
+    Its token states (:meth:`loss_and_token_states`, what LRD regresses) are the joiner's hidden
+    activation at (CIF vector u, prediction after tokens < u): the lattice diagonal that the
+    one-vector-one-token training alignment of CIF emits token u from, and the state that
+    enters the vocabulary projection there (width joiner_dim).
     """
 
     name = "cif_transducer"
@@ -70,6 +75,7 @@ class TransducerHead(DecoderHead):
         decoder_dim = decoder.embedding.embedding_dim
         self.simple_am_proj = ScaledLinear(cif_dim, vocab_size, initial_scale=0.25)
         self.simple_lm_proj = ScaledLinear(decoder_dim, vocab_size, initial_scale=0.25)
+        self.token_state_dim = joiner.output_linear.in_features
 
     @staticmethod
     def build_networks(config, cif_dim: int) -> Dict[str, nn.Module]:
@@ -94,6 +100,30 @@ class TransducerHead(DecoderHead):
         config: LossConfig,
     ) -> Dict[str, torch.Tensor]:
         """Simple and pruned RNN-T losses (summed) with the CIF vectors as frames."""
+        return self._losses(cif_out, y_padded, y_lens, config)[0]
+
+    def loss_and_token_states(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """The losses, and (N, U, joiner_dim) joiner activations at (CIF vector u, prediction after
+        tokens < u); needs exactly U CIF vectors (training's scaled weights)."""
+        losses, decoder_out = self._losses(cif_out, y_padded, y_lens, config)
+        cif = cif_out.cif
+        if cif.size(1) != y_padded.size(1):
+            raise ValueError(f"token states need one CIF vector per token, got {cif.size(1)} vectors for "
+                             f"{y_padded.size(1)} tokens")
+        return losses, self.joiner.hidden(cif, decoder_out[:, : cif.size(1)])
+
+    def _losses(
+        self, cif_out: CifPredictorOutput, y_padded: torch.Tensor, y_lens: torch.Tensor, config: LossConfig
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+        """The loss terms and the prediction network's output (N, U+1, decoder_dim)."""
         cif, cif_lens = cif_out.cif, cif_out.cif_lens
         blank = self.blank_id
         sos_y = F.pad(y_padded, (1, 0), value=blank)  # (N, U+1)
@@ -138,7 +168,7 @@ class TransducerHead(DecoderHead):
         losses = {"simple_loss": simple_loss, "pruned_loss": pruned_loss}
         if config.transducer_ce_scale > 0:
             losses["token_ce_loss"] = self.token_ce_loss(cif, decoder_out, y_padded, y_lens, config.label_smoothing)
-        return losses
+        return losses, decoder_out
 
     def token_ce_loss(
         self,
