@@ -160,6 +160,14 @@ class LossConfig:
             "as CIF-T aligns one vector to one token; 0 = off."
         },
     )
+    rnnt_type: str = field(
+        default="regular",
+        metadata={
+            "help": "cif_transducer: k2's lattice topology of the RNN-T losses (regular: any number of tokens "
+            "per CIF vector; modified: at most one, which with exactly U vectors leaves one path, the diagonal).",
+            "choices": ("regular", "modified", "constrained"),
+        },
+    )
     warm_step: int = field(
         default=2000,
         metadata={

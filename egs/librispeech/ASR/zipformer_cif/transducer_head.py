@@ -143,6 +143,7 @@ class TransducerHead(DecoderHead):
                 lm_only_scale=config.lm_scale,
                 am_only_scale=config.am_scale,
                 boundary=boundary,
+                rnnt_type=config.rnnt_type,
                 reduction="sum",
                 return_grad=True,
             )
@@ -163,6 +164,7 @@ class TransducerHead(DecoderHead):
                 ranges=ranges,
                 termination_symbol=blank,
                 boundary=boundary,
+                rnnt_type=config.rnnt_type,
                 reduction="sum",
             )
         losses = {"simple_loss": simple_loss, "pruned_loss": pruned_loss}
