@@ -193,6 +193,26 @@ def test_cif_alignment_loss_and_ctc_input_are_wired_in():
         assert spikes[i, t // 2, 0].item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+def test_modified_rnnt_type_with_one_vector_per_token_is_the_diagonal_ce():
+    """k2's modified topology on the U scaled CIF vectors has one path: token u on vector u."""
+    g = torch.Generator().manual_seed(6)
+    model = get_model(small_config("cif_transducer")).eval()
+    x, x_lens, ys = random_batch(3, g)
+    config = LossConfig(rnnt_type="modified", lm_scale=0.0, am_scale=0.0, warm_step=0)
+    with torch.no_grad():
+        out = model(x, x_lens, ys, config)
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        cif_out = model.forward_cif(enc, enc_lens, torch.tensor([len(y) for y in ys]))
+        diagonal = 0.0
+        for i, y in enumerate(ys):
+            dec = model.head.decoder(torch.tensor([[0] + y]))[0, : len(y)]  # (U, D): contexts before u
+            logits = model.head.joiner(cif_out.cif[i, : len(y)], dec).double()  # (U, V)
+            diagonal -= logits.log_softmax(-1)[torch.arange(len(y)), torch.tensor(y)].sum().item()
+    assert out["pruned_loss"].item() == pytest.approx(diagonal, rel=1e-4)
+    assert out["pruned_loss"].item() != pytest.approx(model(x, x_lens, ys, LossConfig(warm_step=0))["pruned_loss"].item(),
+                                                      rel=1e-3)
+
+
 def test_training_on_the_fires_of_decoding():
     g = torch.Generator().manual_seed(5)
     model = get_model(small_config("cif_transducer")).eval()
