@@ -163,7 +163,8 @@ case "$DECODER_TYPE" in
     --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx") ;;
 esac
 onnx_cmd=("$python" ./zipformer_cif/onnx_pretrained.py --tokens "$lang_dir/tokens.txt" "${onnx_opts[@]}")
-sample=$(find "$synth_tree" -path "*/$test_set/*" \( -name "*.flac" -o -name "*.wav" \) | sort | head -1)
+# awk reads to the end: `head` would close the pipe early and, under pipefail, fail the demo.
+sample=$(find "$synth_tree" -path "*/$test_set/*" \( -name "*.flac" -o -name "*.wav" \) | sort | awk "NR == 1")
 [ -n "$sample" ] && timed "onnx decode of one file" "${onnx_cmd[@]}" "$sample"
 
 echo
