@@ -355,3 +355,24 @@ def test_bad_inputs_are_clear_errors(models, tiny_corpus: Corpus, tmp_path):
     )
     assert proc.returncode == 1 and f"error: {long_file}: 41.0 s of audio, more than --max-utterance-duration 40" \
         in proc.stderr
+
+
+def test_onnx_encoder_of_a_model_with_the_ctc_input_channel(tmp_path):
+    """`--cif-ctc-input 1`: the weight predictor's CTC channel is inside the encoder graph too."""
+    from test_model import small_config
+
+    from icefall_cif import onnx_export
+    from model import get_model
+
+    torch.manual_seed(0)
+    model = get_model(small_config("cif_transducer", cif_ctc_input=True)).eval()
+    files = onnx_export.export_onnx(model, tmp_path, "epoch-1-avg-1", max_sym_per_frame=2)
+    session = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
+    wrapper = onnx_export.TransducerEncoder(model, 2).eval()
+    lens = [300, 120]
+    x, x_lens = features(lens, 7), torch.tensor(lens)
+    with torch.no_grad():
+        expected = [t.numpy() for t in wrapper(x, x_lens)]
+    got = session.run(None, {"x": x.numpy(), "x_lens": x_lens.numpy()})
+    assert got[1].tolist() == expected[1].tolist()
+    np.testing.assert_allclose(got[0], expected[0], atol=ENCODER_ATOL, rtol=0)

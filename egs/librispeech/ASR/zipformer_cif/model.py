@@ -326,7 +326,9 @@ class CifAsrModel(nn.Module):
         Padded encoder frames count 0, so the result does not depend on the batch.
         """
         with torch.no_grad():
-            non_blank = -torch.expm1(self.ctc_log_probs(encoder_out)[..., self.blank_id].float())  # (N, T')
+            # 1 - exp rather than -expm1: ONNX has no expm1, and the lost precision (~1e-7 where
+            # blank is nearly certain) does not matter for a feature.
+            non_blank = 1.0 - self.ctc_log_probs(encoder_out)[..., self.blank_id].float().exp()  # (N, T')
             non_blank = non_blank.masked_fill(make_pad_mask(encoder_out_lens, non_blank.size(1)), 0.0)
             d = self.cif_downsample_factor
             pad = (-non_blank.size(1)) % d
