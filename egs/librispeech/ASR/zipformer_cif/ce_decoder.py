@@ -310,18 +310,6 @@ class CeHead(DecoderHead):
     ) -> torch.Tensor:
         """(N, U, d_model) final decoder states of every target position in one pass."""
 
-    def teacher_forced_logits(
-        self,
-        cif_out: CifPredictorOutput,
-        encoder_out: torch.Tensor,
-        encoder_out_lens: torch.Tensor,
-        y_padded: torch.Tensor,
-    ) -> torch.Tensor:
-        """(N, U, V) logits of every target position in one pass."""
-        return self.ce_decoder.output_linear(
-            self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded)
-        )
-
     def loss(
         self,
         cif_out: CifPredictorOutput,
@@ -331,8 +319,7 @@ class CeHead(DecoderHead):
         y_lens: torch.Tensor,
         config: LossConfig,
     ) -> Dict[str, torch.Tensor]:
-        logits = self.teacher_forced_logits(cif_out, encoder_out, encoder_out_lens, y_padded)
-        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
+        return self.loss_and_token_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)[0]
 
     def loss_and_token_states(
         self,
