@@ -145,6 +145,14 @@ class LossConfig:
         },
     )
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the CE loss."})
+    glancing_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "cif_ce_nar: Paraformer's glancing sampler; ratio x (wrong tokens of a first pass) positions "
+            "get the reference token's embedding instead of their CIF vector (FunASR's Paraformer uses 0.75); "
+            "0 = off."
+        },
+    )
     prune_range: int = field(
         default=5, metadata={"help": "Symbols kept per CIF vector by the pruned RNN-T loss."}
     )
@@ -200,6 +208,10 @@ class LossConfig:
             "vectors; HieraDist uses 0.01; 0 = off."
         },
     )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.glancing_ratio <= 1.0:
+            raise ValueError(f"--glancing-ratio must be in [0, 1] (a share of the wrong tokens), got {self.glancing_ratio}")
 
     @property
     def distills(self) -> bool:

@@ -138,7 +138,9 @@ def test_forward_shapes_and_loss_keys(decoder_type):
     assert set(out) == expected == set(loss_weights(model, LossConfig(), 0))
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     weighted_loss(model, out, LossConfig(), 0).backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.head.parameters())
+    # cif_ce_nar's given-token embedding is only read by the glancing sampler (test_glancing.py).
+    trained = [p for name, p in model.head.named_parameters() if not name.endswith("token_embedding.weight")]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
     assert model.cif_predictor.weight_proj.weight.grad.abs().sum() > 0
 
     model.eval()

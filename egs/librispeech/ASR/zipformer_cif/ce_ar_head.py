@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ce_decoder import ArCeDecoder, CeHead
 
 from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.config import LossConfig
 from icefall_cif.decode.beam_search import ce_beam_search
 from icefall_cif.decode.greedy import vector_index
 
@@ -74,6 +75,8 @@ class ArCeHead(CeHead):
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
     ) -> torch.Tensor:
         """(N, U, d_model) final states of all positions in one pass, token u-1 fed at position u."""
         # Slicing (not y[:, :-1]) keeps U = 0 valid.

@@ -247,6 +247,10 @@ class NarCeDecoder(nn.Module):
         )
         self.final_norm = nn.LayerNorm(d_model)
         self.output_linear = nn.Linear(d_model, vocab_size)
+        # Drawn from a copy of the RNG: every module of the model gets the same initial weights
+        # as before this embedding existed (seeded runs stay comparable with earlier results).
+        with torch.random.fork_rng(devices=[]):
+            self.token_embedding = nn.Embedding(vocab_size, cif_dim)
 
     def forward(
         self,
@@ -254,6 +258,7 @@ class NarCeDecoder(nn.Module):
         cif_lens: torch.Tensor,
         memory: torch.Tensor,
         memory_lens: torch.Tensor,
+        known_tokens: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -261,15 +266,34 @@ class NarCeDecoder(nn.Module):
           cif_lens: (N,) valid vectors per utterance.
           memory: (N, T, C_mem) encoder frames.
           memory_lens: (N,) valid frames per utterance.
+          known_tokens: optional (N, U) int64, a token id where the token is given and -1 where
+            it is not: a given token's embedding replaces its CIF vector (the glancing
+            sampler's input in training, the confident positions in a mask-predict search).
         Returns:
           (N, U, vocab_size) logits; rows at u >= cif_lens are padding.
+
+        Example::
+
+            logits = decoder(cif, cif_lens, enc, enc_lens)            # one parallel pass
+            known = logits.argmax(-1).masked_fill(unsure, -1)         # keep the confident tokens
+            logits = decoder(cif, cif_lens, enc, enc_lens, known)     # re-predict the rest
         """
-        return self.output_linear(self.hidden_states(cif, cif_lens, memory, memory_lens))
+        return self.output_linear(self.hidden_states(cif, cif_lens, memory, memory_lens, known_tokens))
 
     def hidden_states(
-        self, cif: torch.Tensor, cif_lens: torch.Tensor, memory: torch.Tensor, memory_lens: torch.Tensor
+        self,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        memory: torch.Tensor,
+        memory_lens: torch.Tensor,
+        known_tokens: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """(N, U, d_model): the final (normed) hidden states of :meth:`forward`, before `output_linear`."""
+        if known_tokens is not None:
+            if known_tokens.shape != cif.shape[:2]:
+                raise ValueError(f"known_tokens must be (N, U) = {tuple(cif.shape[:2])}, got {tuple(known_tokens.shape)}")
+            given = (known_tokens >= 0).unsqueeze(-1)
+            cif = torch.where(given, self.token_embedding(known_tokens.clamp(min=0)).to(cif.dtype), cif)
         x = self.input_proj(cif)
         x = self.input_dropout(
             x + sinusoidal_positions(x.size(1), self.d_model, 0, x.device).to(x.dtype)
@@ -307,8 +331,11 @@ class CeHead(DecoderHead):
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
     ) -> torch.Tensor:
-        """(N, U, d_model) final decoder states of every target position in one pass."""
+        """(N, U, d_model) final decoder states of every target position in one pass (the one
+        the loss is computed on: with the glancing sampler on, cif_ce_nar's second pass)."""
 
     def loss(
         self,
@@ -331,7 +358,7 @@ class CeHead(DecoderHead):
         config: LossConfig,
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """The CE loss and the (N, U, d_model) decoder states its logits were projected from."""
-        states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded)
+        states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
         logits = self.ce_decoder.output_linear(states)
         return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states
 

@@ -3,6 +3,12 @@
 A bidirectional Transformer over all vectors with cross-attention to the encoder frames
 (ce_decoder.NarCeDecoder) predicts every token in one pass; its positions are independent, so
 only an LM makes its beam search differ from greedy search.
+
+Training may use Paraformer's glancing sampler (`--glancing-ratio`, :func:`glancing_positions`):
+a first pass without gradient counts the wrong tokens of each utterance, ratio x that many
+positions get the reference token's embedding instead of their CIF vector, and the loss is the
+CE of the second pass. The decoder thereby learns to use given tokens, which a mask-predict
+search over its unsure positions relies on.
 """
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -11,8 +17,10 @@ import torch.nn as nn
 from ce_decoder import CeHead, NarCeDecoder
 
 from icefall_cif.cif import CifPredictorOutput
+from icefall_cif.config import LossConfig
 from icefall_cif.decode.beam_search import ce_beam_search
 from icefall_cif.decode.greedy import vector_index
+from icefall_cif.utils import make_pad_mask
 
 
 class NarBeamScorer:
@@ -69,9 +77,19 @@ class NarCeHead(CeHead):
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
     ) -> torch.Tensor:
-        """(N, U, d_model) final states of one parallel pass (the targets are not fed back)."""
-        return self.ce_decoder.hidden_states(cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
+        """(N, U, d_model) final states of one parallel pass; in training with
+        `config.glancing_ratio` > 0, of the pass with the glanced reference tokens given."""
+        decoder = self.ce_decoder
+        args = (cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens)
+        if not (self.training and config.glancing_ratio > 0):
+            return decoder.hidden_states(*args)
+        with torch.no_grad():
+            predicted = decoder(*args).argmax(dim=-1)
+        glanced = glancing_positions(predicted, y_padded, y_lens, config.glancing_ratio)
+        return decoder.hidden_states(*args, known_tokens=y_padded.masked_fill(~glanced, -1))
 
     def greedy_search(
         self,
@@ -110,3 +128,30 @@ class NarCeHead(CeHead):
             NarBeamScorer(log_probs, beam_size), cif, cif_lens, self.blank_id, self.vocab_size,
             beam_size=beam_size, lm=lm, lm_scale=lm_scale,
         )
+
+
+def glancing_positions(
+    predicted: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor, ratio: float
+) -> torch.Tensor:
+    """Paraformer's glancing sampler: which positions get their reference token as input.
+
+    Utterance i has d_i = the number of its valid positions where `predicted` is wrong; ceil(ratio
+    x d_i) of its valid positions, drawn uniformly at random (wrong and right ones alike), are
+    glanced. A model that is already right everywhere sees no reference token.
+
+    Args:
+      predicted: (N, U) the first pass's argmax; y_padded: (N, U) references; y_lens: (N,).
+      ratio: in [0, 1].
+    Returns:
+      (N, U) bool, True at the glanced positions (never at padding).
+
+    Example: predicted [[5, 7, 9, 0]], y_padded [[5, 8, 6, 0]], y_lens [3], ratio 0.5 -> d = 2,
+    one of the three positions is glanced.
+    """
+    valid = ~make_pad_mask(y_lens, y_padded.size(1))
+    wrong = ((predicted != y_padded) & valid).sum(dim=1)
+    num_glanced = torch.ceil(ratio * wrong.to(torch.float64)).to(torch.int64)
+    # A random order of each row's valid positions (padding sorts last); the first num_glanced win.
+    keys = torch.rand(y_padded.shape, device=y_padded.device).masked_fill(~valid, 2.0)
+    rank = keys.argsort(dim=1).argsort(dim=1)
+    return (rank < num_glanced.unsqueeze(1)) & valid
