@@ -209,9 +209,38 @@ class LossConfig:
         },
     )
 
+    kd_frame_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the frame-level knowledge transfer from --kd-teacher-checkpoint: KL from the "
+            "teacher's CTC posteriors to the student's at every encoder frame (icefall_cif/kd.py); 0 = off."
+        },
+    )
+    kd_seq_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the sequence-level knowledge transfer from --kd-teacher-checkpoint: KL from the "
+            "teacher decoder's token posteriors on the reference (teacher-forced) to the student decoder's at "
+            "the same positions, over the non-blank tokens; 0 = off."
+        },
+    )
+    kd_temperature: float = field(
+        default=1.0, metadata={"help": "Temperature of both knowledge-transfer losses (the KL is scaled by its square)."}
+    )
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.glancing_ratio <= 1.0:
             raise ValueError(f"--glancing-ratio must be in [0, 1] (a share of the wrong tokens), got {self.glancing_ratio}")
+        if self.kd_temperature <= 0:
+            raise ValueError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        if self.kd_frame_scale < 0 or self.kd_seq_scale < 0:
+            raise ValueError(f"--kd-frame-scale and --kd-seq-scale must be >= 0, got {self.kd_frame_scale} and "
+                             f"{self.kd_seq_scale}")
+
+    @property
+    def transfers_knowledge(self) -> bool:
+        """Whether a knowledge-transfer loss is on (training then needs --kd-teacher-checkpoint)."""
+        return self.kd_frame_scale > 0 or self.kd_seq_scale > 0
 
     @property
     def distills(self) -> bool:

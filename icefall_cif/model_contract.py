@@ -8,28 +8,35 @@ The loops use a model only through :class:`CifModel` and its decoder head, a
           encoder_out --forward_cif--> CifPredictorOutput: cif (N, U, C), cif_lens, alpha, fire_frames
           cif vectors --head--> loss terms, greedy tokens, beam hypotheses
 
-and one head class per `--decoder-type`: the transducer, AR CE and NAR CE heads of
+and one head class per `--decoder-type`: the transducer, AR CE, NAR CE and Mask-CTC heads of
 `egs/librispeech/ASR/zipformer_cif/`. The decoding methods a model offers follow from its head
-(:func:`decoding_methods`).
+(:func:`decoding_methods`). A head that decodes from the CTC head's output (Mask-CTC) sets
+:attr:`DecoderHead.reads_ctc`; the searches then get `model.ctc_log_probs(encoder_out)` from the
+decode dispatch as the keyword argument `ctc_log_probs`.
 
 Example (the loops' view of one batch)::
 
     losses = model(x, x_lens, token_ids, loss_config)                 # unweighted
     losses = model(x, x_lens, token_ids, loss_config, teacher=teacher)  # + ACD/LRD (icefall_cif.distill)
+    losses = model(x, x_lens, token_ids, loss_config, kd=kd_targets)  # + frame/sequence KD (icefall_cif.kd)
     loss = weighted_loss(model, losses, loss_config, batch_idx_train)  # ctc, quantity + the head's
     encoder_out, lens = model.forward_encoder(x, x_lens)
     cif_out = model.forward_cif(encoder_out, lens)
     tokens, cif_index = model.head.greedy_search(cif_out.cif, cif_out.cif_lens, encoder_out, lens, 3)
 """
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Dict, List, Optional, Protocol, Tuple, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
 
 from icefall_cif.cif import CifPredictorOutput
 from icefall_cif.config import LossConfig
+from icefall_cif.decode.mask_predict import MaskPredictOptions
 from icefall_cif.distill import TeacherFeatures
+
+if TYPE_CHECKING:  # icefall_cif.kd builds on this module
+    from icefall_cif.kd import KdTargets
 
 #: The CTC head's methods: every model has the auxiliary CTC head.
 CTC_METHODS: Tuple[str, ...] = ("ctc_greedy_search", "ctc_prefix_beam_search")
@@ -44,12 +51,21 @@ class DecoderHead(nn.Module, ABC):
 
     Subclasses set :attr:`name` (the `--decoder-type` value), :attr:`beam_methods` (the
     `--decoding-method` names its :meth:`beam_search` serves; a name ending in
-    `_lm_shallow_fusion` is the same search with an LM) and :attr:`loss_names`.
+    `_lm_shallow_fusion` is the same search with an LM) and :attr:`loss_names`; heads with
+    mask-predict searches also :attr:`mask_predict_methods`.
     """
 
     name: ClassVar[str]
     beam_methods: ClassVar[Tuple[str, ...]]
     loss_names: ClassVar[Tuple[str, ...]]
+    #: The `--decoding-method` names :meth:`mask_predict_search` serves (its unsure tokens
+    #: re-predicted, icefall_cif.decode.mask_predict); a name containing `beam_search` keeps an n-best.
+    mask_predict_methods: ClassVar[Tuple[str, ...]] = ()
+    #: Whether the searches read the CTC head's output. If so, the decode dispatch passes
+    #: `ctc_log_probs=model.ctc_log_probs(encoder_out)`, (N, T', V), to :meth:`greedy_search` and
+    #: :meth:`mask_predict_search`, and the index :meth:`greedy_search` returns is each token's
+    #: encoder frame instead of its CIF vector.
+    reads_ctc: ClassVar[bool] = False
     blank_id: int
     vocab_size: int
     #: Width of the states :meth:`loss_and_token_states` returns (what LRD projects from).
@@ -131,7 +147,9 @@ class DecoderHead(nn.Module, ABC):
             one token per vector ignore it).
         Returns:
           tokens (N, L) and the CIF vector each token came from (N, L), -1 (and any token id)
-          where no token was emitted.
+          where no token was emitted. A head with :attr:`reads_ctc` takes the keyword argument
+          `ctc_log_probs` (N, T', V) and returns the encoder frame of each token instead of
+          its CIF vector.
         """
 
     @abstractmethod
@@ -151,6 +169,67 @@ class DecoderHead(nn.Module, ABC):
         Returns:
           per utterance, its hypotheses (`icefall_cif.decode.beam_search.Hypothesis`), best first.
         """
+
+    def token_logits(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N, U, V) logits of reference token u at each target position u, teacher-forced (CIF
+        vector u and the tokens before u): what a knowledge-transfer teacher gives (icefall_cif.kd).
+
+        Args: as :meth:`loss`, with exactly y_lens[i] CIF vectors per utterance.
+        """
+        raise NotImplementedError(f"the {self.name} head cannot be a sequence-level teacher (it has no token_logits)")
+
+    def loss_and_token_logits(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """:meth:`loss`, the (N, U, V) logits the head predicted the reference tokens with, and the
+        (N, U) bool positions it predicted (a knowledge-transfer student's side, icefall_cif.kd).
+
+        This default runs :meth:`token_logits` after the loss and counts every valid position; a
+        head whose loss already computes these logits returns those (the CE heads, and Mask-CTC at
+        its masked positions).
+        """
+        losses = self.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
+        logits = self.token_logits(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens)
+        valid = torch.arange(y_padded.size(1), device=y_lens.device) < y_lens.unsqueeze(1)
+        return losses, logits, valid
+
+    def mask_predict_search(
+        self,
+        method: str,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        options: MaskPredictOptions,
+        ctc_log_probs: Optional[torch.Tensor] = None,
+    ) -> List[List[Any]]:
+        """A mask-predict search, one of :attr:`mask_predict_methods`: a first guess, its tokens
+        with a confidence below `options.threshold` re-predicted in at most `options.iterations`
+        rounds (greedy, or with a beam of `options.beam_size` when `method` contains `beam_search`).
+
+        Args:
+          method: the `--decoding-method` name.
+          cif: (N, U, C) CIF vectors; cif_lens (N,).
+          encoder_out: (N, T', C) frames; encoder_out_lens (N,).
+          ctc_log_probs: (N, T', V), given to heads with :attr:`reads_ctc`.
+        Returns:
+          per utterance, its hypotheses (`Hypothesis`) best first, scored by the summed log-probs
+          of the re-predicted tokens (one hypothesis for a greedy method).
+        """
+        raise NotImplementedError(f"the {self.name} head has no mask-predict search")
 
 
 @runtime_checkable
@@ -181,11 +260,15 @@ class CifModel(Protocol):
         y: List[List[int]],
         loss_config: LossConfig,
         teacher: Optional[TeacherFeatures] = None,
+        kd: Optional["KdTargets"] = None,
     ) -> Dict[str, torch.Tensor]:
         """(N, T, F) features, (N,) lengths, N token lists -> unweighted losses summed over the batch.
 
         `teacher`: the batch's (N, U, D) teacher vectors, one row per token of `y`; needed (and
         only read) when `loss_config` turns distillation on, which adds "acd_loss" / "lrd_loss".
+        `kd`: a trained teacher model's outputs on the batch (icefall_cif.kd.KdTargets); needed (and
+        only read) when `loss_config` turns knowledge transfer on, which adds "kd_frame_loss" /
+        "kd_seq_loss".
         """
 
     def forward_encoder(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -231,19 +314,25 @@ def check_model(model: Any) -> None:
 
 
 def decoding_methods(model: CifModel) -> List[str]:
-    """The `--decoding-method` names that apply to `model`: greedy, its head's beams, the joint
-    CIF + CTC methods, the CTC head's."""
-    joint = [JOINT_BEAM_METHOD] + ([CIF_RESCORING_METHOD] if model.head.scores_any_length else [])
-    return ["greedy_search", *model.head.beam_methods, *joint, *CTC_METHODS]
+    """The `--decoding-method` names that apply to `model`: greedy, its head's beams and
+    mask-predict searches, the joint CIF + CTC methods (joint_beam_search rescores the head's beam,
+    so only a head with beam methods offers it), the CTC head's."""
+    head = model.head
+    joint = ([JOINT_BEAM_METHOD] if head.beam_methods else []) + ([CIF_RESCORING_METHOD] if head.scores_any_length else [])
+    return ["greedy_search", *head.beam_methods, *head.mask_predict_methods, *joint, *CTC_METHODS]
 
 
 def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
     """{loss name: weight}: the CTC, quantity (and CIF alignment) losses first, then the head's terms,
-    then the distillation terms that are on."""
+    then the knowledge-transfer and distillation terms that are on."""
     weights = {"ctc_loss": config.ctc_loss_scale, "quantity_loss": config.quantity_loss_scale}
     if config.cif_align_loss_scale > 0:
         weights["cif_align_loss"] = config.cif_align_loss_scale
     distill = {}
+    if config.kd_frame_scale > 0:
+        distill["kd_frame_loss"] = config.kd_frame_scale
+    if config.kd_seq_scale > 0:
+        distill["kd_seq_loss"] = config.kd_seq_scale
     if config.acd_loss_scale > 0:
         distill["acd_loss"] = config.acd_loss_scale
     if config.lrd_loss_scale > 0:

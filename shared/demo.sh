@@ -128,6 +128,8 @@ methods=(greedy_search)
 # compare hypotheses of different lengths, so they rescore their own beam with the CTC head).
 case "$DECODER_TYPE" in
   cif_transducer) methods+=(modified_beam_search cif_rescoring) ;;
+  # Mask-CTC's greedy_search is mask_ctc_greedy; its beam is the NAR beam over the unsure tokens.
+  mask_ctc) methods+=(mask_ctc_beam_search) ;;
   *) methods+=(beam_search joint_beam_search) ;;
 esac
 # The CTC head on the encoder, for comparison with the CIF decoder.
@@ -146,26 +148,30 @@ done
 
 timed "export" "$python" ./zipformer_cif/export.py --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" --avg "$AVG" \
   --use-averaged-model 1 --tokens "$lang_dir/tokens.txt"
-timed "export-onnx" "$python" ./zipformer_cif/export-onnx.py --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" \
-  --avg "$AVG" --use-averaged-model 1 --tokens "$lang_dir/tokens.txt" --int8 1
+# export-onnx.py has no layout for Mask-CTC's iterative search (docs/deployment.md).
+onnx_cmd=()
+if [ "$DECODER_TYPE" != mask_ctc ]; then
+  timed "export-onnx" "$python" ./zipformer_cif/export-onnx.py --exp-dir "$EXP_DIR" --epoch "$NUM_EPOCHS" \
+    --avg "$AVG" --use-averaged-model 1 --tokens "$lang_dir/tokens.txt" --int8 1
 
-# The runtime that leaves the repository: sherpa-onnx for the transducer and the NAR decoder,
-# onnxruntime with our search for the AR decoder (no sherpa-onnx layout fits it).
-onnx_suffix="epoch-$NUM_EPOCHS-avg-$AVG"
-case "$DECODER_TYPE" in
-  cif_transducer) onnx_opts=(--runtime sherpa-onnx
-    --encoder-model-filename "$EXP_DIR/encoder-$onnx_suffix.onnx"
-    --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx"
-    --joiner-model-filename "$EXP_DIR/joiner-$onnx_suffix.onnx") ;;
-  cif_ce_nar) onnx_opts=(--runtime sherpa-onnx --model-filename "$EXP_DIR/model-$onnx_suffix.onnx") ;;
-  *) onnx_opts=(--runtime onnxruntime
-    --encoder-model-filename "$EXP_DIR/encoder-$onnx_suffix.onnx"
-    --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx") ;;
-esac
-onnx_cmd=("$python" ./zipformer_cif/onnx_pretrained.py --tokens "$lang_dir/tokens.txt" "${onnx_opts[@]}")
-# awk reads to the end: `head` would close the pipe early and, under pipefail, fail the demo.
-sample=$(find "$synth_tree" -path "*/$test_set/*" \( -name "*.flac" -o -name "*.wav" \) | sort | awk "NR == 1")
-[ -n "$sample" ] && timed "onnx decode of one file" "${onnx_cmd[@]}" "$sample"
+  # The runtime that leaves the repository: sherpa-onnx for the transducer and the NAR decoder,
+  # onnxruntime with our search for the AR decoder (no sherpa-onnx layout fits it).
+  onnx_suffix="epoch-$NUM_EPOCHS-avg-$AVG"
+  case "$DECODER_TYPE" in
+    cif_transducer) onnx_opts=(--runtime sherpa-onnx
+      --encoder-model-filename "$EXP_DIR/encoder-$onnx_suffix.onnx"
+      --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx"
+      --joiner-model-filename "$EXP_DIR/joiner-$onnx_suffix.onnx") ;;
+    cif_ce_nar) onnx_opts=(--runtime sherpa-onnx --model-filename "$EXP_DIR/model-$onnx_suffix.onnx") ;;
+    *) onnx_opts=(--runtime onnxruntime
+      --encoder-model-filename "$EXP_DIR/encoder-$onnx_suffix.onnx"
+      --decoder-model-filename "$EXP_DIR/decoder-$onnx_suffix.onnx") ;;
+  esac
+  onnx_cmd=("$python" ./zipformer_cif/onnx_pretrained.py --tokens "$lang_dir/tokens.txt" "${onnx_opts[@]}")
+  # awk reads to the end: `head` would close the pipe early and, under pipefail, fail the demo.
+  sample=$(find "$synth_tree" -path "*/$test_set/*" \( -name "*.flac" -o -name "*.wav" \) | sort | awk "NR == 1")
+  [ -n "$sample" ] && timed "onnx decode of one file" "${onnx_cmd[@]}" "$sample"
+fi
 
 echo
 log "==================== Results ($metric on synthetic held-out speakers and sentences) ===================="
@@ -189,4 +195,6 @@ for plot_dir in "$EXP_DIR"/greedy_search/cif-plots-"$test_set"; do
 done
 log "Transcribe any sound file with the exported model (PyTorch, then ONNX):"
 echo "  cd $PWD && $python ./zipformer_cif/pretrained.py --checkpoint $EXP_DIR/pretrained.pt --timestamps 1 FILE..."
-echo "  cd $PWD && ${onnx_cmd[*]} FILE..."
+if [ ${#onnx_cmd[@]} -gt 0 ]; then
+  echo "  cd $PWD && ${onnx_cmd[*]} FILE..."
+fi

@@ -7,7 +7,7 @@ must return the references.
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -62,15 +62,16 @@ def make_encoder_out(num_frames: List[int], dim: int, seed: int = 0) -> Tuple[to
 
 
 def decoder_losses(
-    model: nn.Module, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, refs: List[List[int]]
+    model: nn.Module, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, refs: List[List[int]],
+    config: Optional[LossConfig] = None,
 ) -> torch.Tensor:
     """CTC + quantity + decoder loss of the model on given encoder frames (N, T', C), lens (N,),
-    weighted as the training loop weights them (no warm-up)."""
+    weighted as the training loop weights them (`config`, default: no warm-up)."""
     from model import pad_token_ids
 
     y = pad_token_ids(refs, model.blank_id, encoder_out.device)
     y_lens = torch.tensor([len(r) for r in refs], dtype=torch.int64)
-    config = LossConfig(warm_step=0)
+    config = config or LossConfig(warm_step=0)
     cif_out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
     losses = {
         "ctc_loss": model.forward_ctc(model.ctc_log_probs(encoder_out), encoder_out_lens, y, y_lens),
@@ -88,15 +89,17 @@ class OverfitModel:
     refs: List[List[int]]
 
 
-def overfit_tiny_model(decoder_type: str, steps: int = 100, lr: float = 1e-2, seed: int = 0) -> OverfitModel:
-    """A tiny model trained on REFERENCES until it fits them (eval mode)."""
+def overfit_tiny_model(
+    decoder_type: str, steps: int = 100, lr: float = 1e-2, seed: int = 0, config: Optional[LossConfig] = None
+) -> OverfitModel:
+    """A tiny model trained on REFERENCES (with the loss settings `config`) until it fits them (eval mode)."""
     torch.manual_seed(seed)
     model = build_tiny_model(decoder_type).train()
     encoder_out, lens = make_encoder_out(NUM_FRAMES, model.encoder_dim, seed)
     trainable = [p for name, p in model.named_parameters() if not name.startswith(("encoder.", "encoder_embed."))]
     optimizer = torch.optim.Adam(trainable, lr=lr)
     for _ in range(steps):
-        loss = decoder_losses(model, encoder_out, lens, REFERENCES)
+        loss = decoder_losses(model, encoder_out, lens, REFERENCES, config)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -16,6 +16,7 @@ import torch
 from ce_decoder import ArCeDecoder, NarCeDecoder
 from decoder import Decoder
 from joiner import Joiner
+from mask_ctc_head import sample_cmlm_mask
 from model import HEADS, CifAsrModel, ModelConfig, get_model, pad_token_ids
 from transducer_head import transducer_loss_scales
 
@@ -26,6 +27,10 @@ from icefall_cif.optim import ScaledAdam
 
 VOCAB = 30
 DECODER_TYPES = tuple(HEADS)
+#: The decoder types that existed before the heads (their checkpoints may have pre-head keys).
+PRE_HEAD_TYPES = ("cif_transducer", "cif_ce_ar", "cif_ce_nar")
+HEAD_LOSSES = {"cif_transducer": {"simple_loss", "pruned_loss"}, "cif_ce_ar": {"ce_loss"}, "cif_ce_nar": {"ce_loss"},
+               "mask_ctc": {"cmlm_loss"}}
 
 
 def small_config(decoder_type: str, **overrides) -> ModelConfig:
@@ -132,9 +137,7 @@ def test_forward_shapes_and_loss_keys(decoder_type):
     check_model(model)
     x, x_lens, ys = random_batch(3, g)
     out = model(x, x_lens, ys, LossConfig())
-    expected = {"ctc_loss", "quantity_loss"} | (
-        {"simple_loss", "pruned_loss"} if decoder_type == "cif_transducer" else {"ce_loss"}
-    )
+    expected = {"ctc_loss", "quantity_loss"} | HEAD_LOSSES[decoder_type]
     assert set(out) == expected == set(loss_weights(model, LossConfig(), 0))
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
     weighted_loss(model, out, LossConfig(), 0).backward()
@@ -249,6 +252,7 @@ def test_losses_match_naive_references(decoder_type):
     model = get_model(small_config(decoder_type)).eval()
     head = model.head
     x, x_lens, ys = random_batch(3, g)
+    rng = torch.get_rng_state()  # what mask_ctc's training mask is drawn from
     with torch.no_grad():
         out = model(x, x_lens, ys, loss_config)
         enc, enc_lens = model.forward_encoder(x, x_lens)
@@ -276,6 +280,16 @@ def test_losses_match_naive_references(decoder_type):
         assert out["simple_loss"].item() == pytest.approx(simple_ref, rel=1e-4)
         # Half-way through warm-up: simple 1.0 -> 0.5 is at 0.75, pruned 0.1 -> 1.0 at 0.55.
         total += 0.75 * simple_ref + 0.55 * pruned_ref
+    elif decoder_type == "mask_ctc":
+        torch.set_rng_state(rng)  # the same mask again
+        hidden = sample_cmlm_mask(y_lens, max(y_lens.tolist()))
+        y = pad_token_ids(ys, 0, enc.device)
+        with torch.no_grad():
+            logits = head.cmlm(y.masked_fill(hidden, -1), y_lens, enc, enc_lens)
+        # The CE at the masked positions only.
+        cmlm_ref = sum(naive_smoothed_ce(logits[i][hidden[i]], y[i][hidden[i]].tolist(), 0.1) for i in range(3))
+        assert out["cmlm_loss"].item() == pytest.approx(cmlm_ref, rel=1e-4)
+        total += cmlm_ref
     else:
         with torch.no_grad():
             if decoder_type == "cif_ce_ar":
@@ -436,7 +450,7 @@ def test_get_model_errors_say_what_is_missing():
         get_model(small_config("cif_ce_ar", cif_downsample=0))
 
 
-@pytest.mark.parametrize("decoder_type", DECODER_TYPES)
+@pytest.mark.parametrize("decoder_type", PRE_HEAD_TYPES)
 def test_checkpoints_from_before_the_heads_load(decoder_type):
     """Pre-head checkpoints keep the decoder modules at the top level (`joiner.*`, `ce_decoder.*`)."""
     model = get_model(small_config(decoder_type))

@@ -337,8 +337,8 @@ def poison_batches(monkeypatch, which) -> List[List[str]]:
     real = training_loop.compute_loss
     poisoned = []
 
-    def compute_loss(params, model, tokenizer, batch, device, loss_config):
-        loss, info = real(params, model, tokenizer, batch, device, loss_config)
+    def compute_loss(params, model, tokenizer, batch, device, loss_config, kd_teacher=None):
+        loss, info = real(params, model, tokenizer, batch, device, loss_config, kd_teacher)
         if model.training and which(params):
             poisoned.append(training_loop.batch_cut_ids(batch))
             loss = loss + float("nan")

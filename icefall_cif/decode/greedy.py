@@ -21,7 +21,8 @@ class GreedyResult:
     Attributes:
       hyps: N token-id lists.
       timestamps: N lists, the encoder-output frame (25 Hz, the frame rate of
-        `encoder_out`) at which each token's CIF vector fired; same lengths as `hyps`.
+        `encoder_out`) at which each token's CIF vector fired (heads that read the CTC head's
+        output: the token's first CTC frame); same lengths as `hyps`.
       cif_lens: (N,) number of CIF vectors of each utterance.
     """
 
@@ -63,6 +64,57 @@ def ctc_greedy_search(
     valid = torch.arange(best.size(1), device=best.device) < lens.to(best.device).unsqueeze(1)
     keep = valid & (best != blank_id) & (best != prev)
     return _ragged(best, keep)
+
+
+@dataclass
+class CtcGreedyTokens:
+    """CTC greedy search's tokens with what Mask-CTC needs of them, padded (N, L).
+
+    Attributes:
+      tokens: (N, L) ids, `blank_id` past each utterance's length; lens: (N,) tokens per utterance.
+      confidence: (N, L) each token's posterior maximised over the frames its run of argmax frames
+        covers (ESPnet's Mask-CTC confidence), 0 at padding.
+      frames: (N, L) the first frame of each token's run (encoder frames), -1 at padding.
+    """
+
+    tokens: torch.Tensor
+    lens: torch.Tensor
+    confidence: torch.Tensor
+    frames: torch.Tensor
+
+
+def ctc_greedy_tokens(ctc_log_probs: torch.Tensor, lens: torch.Tensor, blank_id: int = 0) -> CtcGreedyTokens:
+    """:func:`ctc_greedy_search` as padded tensors, with each token's confidence and first frame.
+
+    Args:
+      ctc_log_probs: (N, T, V) log-probs; lens: (N,) valid frames; blank_id: the CTC blank.
+
+    Example: per-frame argmax [a a <b> a b b] with posteriors [.6 .9 .8 .7 .5 .4] -> tokens
+    [a a b], confidence [.9 .7 .5], frames [0 3 4].
+    """
+    if ctc_log_probs.ndim != 3 or lens.shape != ctc_log_probs.shape[:1]:
+        raise ValueError(
+            f"expected ctc_log_probs (N, T, V) and lens (N,), got {tuple(ctc_log_probs.shape)} "
+            f"and {tuple(lens.shape)}"
+        )
+    N, T, _ = ctc_log_probs.shape
+    best_log_prob, best = ctc_log_probs.max(dim=-1)  # (N, T)
+    prev = torch.nn.functional.pad(best[:, :-1], (1, 0), value=-1)
+    valid = torch.arange(T, device=best.device) < lens.to(best.device).unsqueeze(1)
+    in_token = valid & (best != blank_id)
+    starts = in_token & (best != prev)
+    token_lens = starts.sum(dim=1)
+    L = int(token_lens.max()) if N > 0 else 0
+    # A non-blank frame either starts a run or continues the run of the frame before it.
+    run = starts.cumsum(dim=1) - 1  # (N, T): index of the token each frame belongs to
+    rows = torch.arange(N, device=best.device).unsqueeze(1).expand(N, T)
+    tokens = torch.full((N, L), blank_id, dtype=torch.int64, device=best.device)
+    frames = torch.full((N, L), -1, dtype=torch.int64, device=best.device)
+    tokens[rows[starts], run[starts]] = best[starts]
+    frames[rows[starts], run[starts]] = torch.arange(T, device=best.device).expand(N, T)[starts]
+    confidence = torch.zeros(N * L, dtype=best_log_prob.dtype, device=best.device)
+    confidence.scatter_reduce_(0, (rows * L + run)[in_token], best_log_prob[in_token].exp(), reduce="amax")
+    return CtcGreedyTokens(tokens, token_lens, confidence.view(N, L), frames)
 
 
 def transducer_greedy_search(
@@ -136,7 +188,8 @@ def greedy_search(
 
     The transducer head emits up to `max_sym_per_frame` symbols per CIF vector (blank ends a
     vector); the CE heads one token per vector (AR: the argmax fed back as the next input;
-    NAR: the argmax of one parallel pass).
+    NAR: the argmax of one parallel pass); the mask_ctc head refines the CTC greedy output (it
+    reads the CTC head's log-probs: `DecoderHead.reads_ctc`).
 
     Args:
       model: a `CifModel` (in eval mode for deterministic results).
@@ -158,14 +211,18 @@ def greedy_search(
         )
     cif_out = model.forward_cif(encoder_out, encoder_out_lens)
     cif, cif_lens, fire_frames = cif_out.cif, cif_out.cif_lens, cif_out.fire_frames
-    U = cif.size(1)
-    tokens, cif_index = model.head.greedy_search(cif, cif_lens, encoder_out, encoder_out_lens, max_sym_per_frame)
-    keep = cif_index >= 0
-    token_frames = fire_frames.gather(1, cif_index.clamp(min=0)) if U > 0 else cif_index
-
+    head = model.head
+    ctc = {"ctc_log_probs": model.ctc_log_probs(encoder_out)} if head.reads_ctc else {}
+    tokens, index = head.greedy_search(cif, cif_lens, encoder_out, encoder_out_lens, max_sym_per_frame, **ctc)
+    keep = index >= 0
     hyps = _ragged(tokens, keep)
     if not return_timestamps:
         return hyps
-    # Fire frames count CIF-rate frames; frame k of the CIF rate starts at encoder frame k*d.
-    timestamps = _ragged(token_frames * model.cif_downsample_factor, keep)
-    return GreedyResult(hyps=hyps, timestamps=timestamps, cif_lens=cif_lens)
+    if head.reads_ctc:  # the index is already an encoder frame
+        token_frames = index
+    elif cif.size(1) > 0:
+        # Fire frames count CIF-rate frames; frame k of the CIF rate starts at encoder frame k*d.
+        token_frames = fire_frames.gather(1, index.clamp(min=0)) * model.cif_downsample_factor
+    else:
+        token_frames = index
+    return GreedyResult(hyps=hyps, timestamps=_ragged(token_frames, keep), cif_lens=cif_lens)

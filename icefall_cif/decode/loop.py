@@ -32,6 +32,7 @@ from icefall_cif.checkpoint import (
 )
 from icefall_cif.config import add_config_arguments, config_fields, config_from_dict, config_from_options, option_name
 from icefall_cif.datamodule import AsrDataModule
+from icefall_cif.decode.mask_predict import DEFAULT_ITERATIONS, DEFAULT_THRESHOLD
 from icefall_cif.decode.search import decode_batch
 from icefall_cif.model_contract import check_model, decoding_methods
 from icefall_cif.recipe import Recipe
@@ -73,8 +74,16 @@ def add_search_arguments(g) -> None:
     g.add_argument("--num-paths", type=int, default=4,
                    help="Size of the n-best list for rescoring (LM rescoring, joint_beam_search, cif_rescoring).")
     g.add_argument("--ctc-weight", type=float, default=0.5,
-                   help="joint_beam_search and cif_rescoring: weight of the CTC head's log-likelihood next to "
-                        "the CIF decoder's (0 = the CIF decoder alone).")
+                   help="joint_beam_search, cif_rescoring and the mask-predict beams (mask_ctc_beam_search, "
+                        "nar_beam_search): weight of the CTC head's log-likelihood next to the decoder's score "
+                        "(0 = the decoder alone).")
+    g.add_argument("--mask-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="Mask-predict searches (mask_ctc_*, nar_mask_predict, nar_beam_search): tokens of the first "
+                        "guess whose confidence is below this are re-predicted; in [0, 1], 0 = none (ESPnet's "
+                        f"Mask-CTC uses {DEFAULT_THRESHOLD}).")
+    g.add_argument("--mask-iterations", type=int, default=DEFAULT_ITERATIONS,
+                   help="Mask-predict searches: the most rounds of re-prediction; M re-predicted tokens are filled "
+                        "ceil(M / min(this, M)) per round, the most confident first.")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: str) -> None:
@@ -84,8 +93,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
     g.add_argument("--decoding-method", type=str, default="greedy_search",
                    help="Which search: greedy_search, the CTC head's ctc_greedy_search and ctc_prefix_beam_search, "
                         "the decoder head's beam searches (modified_beam_search[_lm_shallow_fusion] for "
-                        "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads), and the joint CIF + CTC "
-                        "joint_beam_search (every head) and cif_rescoring (cif_transducer).")
+                        "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads), the mask-predict "
+                        "searches (mask_ctc_greedy and mask_ctc_beam_search for mask_ctc, nar_mask_predict and "
+                        "nar_beam_search for cif_ce_nar), and the joint CIF + CTC joint_beam_search (heads with a "
+                        "beam search) and cif_rescoring (cif_transducer).")
     add_search_arguments(g)
     g.add_argument("--lm-type", type=str, default=None, choices=["ngram", "rnn"],
                    help="LM for shallow fusion / n-best rescoring (trained by local/train_lm.py).")
@@ -270,9 +281,17 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], params: Attri
         ) from None
 
 
-def results_key(params: AttributeDict) -> str:
-    """Name of a decoding setting inside the result files, as icefall spells it."""
+def results_key(params: AttributeDict, mask_predict_methods: Tuple[str, ...] = ()) -> str:
+    """Name of a decoding setting inside the result files, as icefall spells it; a mask-predict
+    method (one of the head's `mask_predict_methods`) adds its threshold and iterations."""
     method = params.decoding_method
+    if method in mask_predict_methods:
+        mask = f"mask_threshold_{params.mask_threshold}_iterations_{params.mask_iterations}"
+        if "beam_search" not in method:
+            return f"{method}_{mask}"
+        return f"beam_size_{params.beam_size}_{mask}_ctc_weight_{params.ctc_weight}" + (
+            f"_lm_scale_{params.lm_scale}" if params.nbest_scale > 0 else ""
+        )
     if method == "cif_rescoring":
         return f"cif_rescoring_beam_size_{params.beam_size}_ctc_weight_{params.ctc_weight}"
     if "beam_search" in method:
@@ -434,7 +453,7 @@ def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
     lm = load_lm(params, device)
 
     error_rates = {}
-    key = results_key(params)
+    key = results_key(params, model.head.mask_predict_methods)
     for name in recipe.test_sets:
         dl = datamodule.test_dataloaders(datamodule.load_cuts(name))
         plot_dir = params.res_dir / f"cif-plots-{name}" if params.num_plots > 0 else None

@@ -76,6 +76,25 @@ def rescore_with_ctc(
     return rerank_nbest(nbest, num_paths, totals)
 
 
+def add_ctc_scores(
+    model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, nbest: List[NBest],
+    ctc_weight: float,
+) -> List[NBest]:
+    """Every hypothesis' score plus ctc_weight * log p_CTC(its tokens), each n-best re-sorted
+    (the mask-predict beams' final ranking; ctc_weight 0 leaves them as they are)."""
+    if ctc_weight == 0:
+        return nbest
+    flat = [h for hyps in nbest for h in hyps]
+    if not flat:
+        return nbest
+    utt_index = [i for i, hyps in enumerate(nbest) for _ in hyps]
+    ctc = ctc_log_likelihoods(model, encoder_out, encoder_out_lens, [h.tokens for h in flat], utt_index).tolist()
+    rescored: List[NBest] = [[] for _ in nbest]
+    for i, h, c in zip(utt_index, flat, ctc):
+        rescored[i].append(Hypothesis(h.tokens, h.score + ctc_weight * c))
+    return [sorted(hyps, key=lambda h: h.score, reverse=True) for hyps in rescored]
+
+
 def rescore_with_cif(
     model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, ctc_nbest: List[NBest],
     ctc_weight: float, num_paths: int,

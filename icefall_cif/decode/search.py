@@ -6,9 +6,15 @@ The methods a model offers come from its decoder head (`icefall_cif.model_contra
 | --- | --- |
 | greedy_search | every head |
 | the head's `beam_methods` (e.g. modified_beam_search, beam_search) and their `_lm_shallow_fusion` forms | the head |
-| joint_beam_search (the head's beam n-best + `ctc_weight` x CTC log-likelihood) | every head |
+| joint_beam_search (the head's beam n-best + `ctc_weight` x CTC log-likelihood) | heads with beam methods (not mask_ctc) |
 | cif_rescoring (the CTC prefix-beam n-best rescored by the CIF decoder, see rescoring.py) | heads that score any sequence (cif_transducer) |
 | ctc_greedy_search, ctc_prefix_beam_search | every model (the CTC head) |
+| the head's `mask_predict_methods` (mask_ctc_greedy, mask_ctc_beam_search; nar_mask_predict, nar_beam_search) | mask_ctc; cif_ce_nar |
+
+A mask-predict search (`mask_predict.py`) re-predicts the tokens of a first guess whose confidence is
+below `params.mask_threshold`, in at most `params.mask_iterations` rounds; its beam form (a name
+with `beam_search`, `params.beam_size` hypotheses) ranks its final n-best by score +
+`params.ctc_weight` x log p_CTC(y).
 
 With `params.nbest_scale > 0` the n-best of a beam method (`params.num_paths` of them) is
 rescored with the LM: score + nbest_scale * log p_LM(sentence).
@@ -20,11 +26,13 @@ import torch
 from icefall_cif.decode.beam_search import NBest, best_hyps, rescore_nbest
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import ctc_greedy_search, greedy_search
-from icefall_cif.decode.rescoring import rescore_with_cif, rescore_with_ctc
+from icefall_cif.decode.mask_predict import DEFAULT_ITERATIONS, DEFAULT_THRESHOLD, MaskPredictOptions, check_options
+from icefall_cif.decode.rescoring import add_ctc_scores, rescore_with_cif, rescore_with_ctc
 from icefall_cif.model_contract import CIF_RESCORING_METHOD, JOINT_BEAM_METHOD, CifModel, decoding_methods
 from icefall_cif.utils import AttributeDict
 
-DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3, ctc_weight=0.5)
+DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3, ctc_weight=0.5,
+                mask_threshold=DEFAULT_THRESHOLD, mask_iterations=DEFAULT_ITERATIONS)
 JOINT_METHODS = (JOINT_BEAM_METHOD, CIF_RESCORING_METHOD)
 
 
@@ -61,6 +69,28 @@ def beam_search(
 
 
 @torch.no_grad()
+def mask_predict(
+    model: CifModel, method: str, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, opts: AttributeDict
+) -> List[NBest]:
+    """The head's mask-predict search `method` (one of its `mask_predict_methods`); a beam's
+    n-best re-ranked by score + ctc_weight * log p_CTC.
+
+    Args:
+      encoder_out: (N, T', C); encoder_out_lens (N,).
+      opts: mask_threshold, mask_iterations, beam_size, ctc_weight.
+    """
+    options = check_options(MaskPredictOptions(opts.mask_threshold, opts.mask_iterations, opts.beam_size))
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
+    ctc = {"ctc_log_probs": model.ctc_log_probs(encoder_out)} if model.head.reads_ctc else {}
+    nbest = model.head.mask_predict_search(
+        method, cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, options, **ctc
+    )
+    if "beam_search" in method:
+        nbest = add_ctc_scores(model, encoder_out, encoder_out_lens, nbest, opts.ctc_weight)
+    return nbest
+
+
+@torch.no_grad()
 def decode_batch(
     method: str,
     model: CifModel,
@@ -77,7 +107,8 @@ def decode_batch(
       encoder_out: (N, T', C) from `model.forward_encoder`.
       encoder_out_lens: (N,) valid frames.
       params: options; reads beam_size, lm_scale, nbest_scale, num_paths, max_sym_per_frame,
-        ctc_weight (missing ones take DEFAULTS); the blank id is the model's.
+        ctc_weight, mask_threshold, mask_iterations (missing ones take DEFAULTS); the blank id is
+        the model's.
       lm: an `icefall_cif.lm` LM; needed by *_lm_shallow_fusion and by nbest_scale > 0.
     Returns:
       N token-id lists.
@@ -121,6 +152,8 @@ def decode_batch(
         nbest = ctc_prefix_beam_search(
             model.ctc_log_probs(encoder_out), encoder_out_lens, opts.beam_size, model.blank_id
         )
+    elif method in model.head.mask_predict_methods:
+        nbest = mask_predict(model, method, encoder_out, encoder_out_lens, opts)
     else:
         nbest = beam_search(
             model, encoder_out, encoder_out_lens, beam_size=opts.beam_size, lm=lm if fusion else None,

@@ -40,8 +40,9 @@ from icefall_cif.checkpoint import (
 from icefall_cif.config import LossConfig, config_from_options, config_to_dict
 from icefall_cif.datamodule import AsrDataModule, filter_cuts, restore_sampler_position
 from icefall_cif.decode.greedy import greedy_search
-from icefall_cif.distill import TeacherFeatures, teacher_dim
 from icefall_cif.dist import cleanup_dist, get_local_rank, get_world_size, is_torchrun, setup_dist, unwrap_model
+from icefall_cif.distill import TeacherFeatures, teacher_dim
+from icefall_cif.kd import KdTeacher
 from icefall_cif.model_contract import check_model, weighted_loss
 from icefall_cif.optim import Eden, ScaledAdam
 from icefall_cif.recipe import Recipe
@@ -55,6 +56,7 @@ from icefall_cif.utils import (
     MetricsTracker,
     fix_random_seed,
     get_tensorboard_writer,
+    pad_token_ids,
     set_num_threads,
     setup_logger,
 )
@@ -84,6 +86,7 @@ def compute_loss(
     batch: Dict[str, Any],
     device: torch.device,
     loss_config: LossConfig,
+    kd_teacher: Optional[KdTeacher] = None,
 ) -> Tuple[torch.Tensor, MetricsTracker]:
     """Forward one batch and weight its losses (warm-up schedules included).
 
@@ -91,6 +94,8 @@ def compute_loss(
       model: a CifModel, possibly DDP-wrapped.
       batch: a K2SpeechRecognitionDataset batch: `inputs` (N, T, 80), `supervisions`, and with
         --plm-manifest `teacher` (datamodule.TeacherDataset), passed to the model.
+      kd_teacher: the --kd-teacher-checkpoint model; its outputs on the batch go to the model
+        when `loss_config` turns knowledge transfer on.
     Returns:
       The total loss (summed over utterances, a scalar tensor) and its accounting per component.
       Per-token losses (CE, alignment, ACD, LRD) are reported per token, the quantity loss per
@@ -101,15 +106,23 @@ def compute_loss(
     feature_lens = supervisions["num_frames"].to(device)
     y = tokenizer.encode(supervisions["text"])
     inner = unwrap_model(model)
+    extra = {}
     if "teacher" in batch:
         teacher = TeacherFeatures(batch["teacher"]["feats"], batch["teacher"]["lens"])
         check_teacher_rows(teacher, y, batch)
-        losses = model(feature, feature_lens, y, loss_config, teacher=teacher.to(device))
-    else:
-        losses = model(feature, feature_lens, y, loss_config)
+        extra["teacher"] = teacher.to(device)
+    if loss_config.transfers_knowledge:
+        if kd_teacher is None:
+            raise ValueError("--kd-frame-scale / --kd-seq-scale > 0 need --kd-teacher-checkpoint")
+        y_padded = pad_token_ids(y, inner.blank_id, device)
+        y_lens = torch.tensor([len(t) for t in y], dtype=torch.int64, device=device)
+        extra["kd"] = kd_teacher.targets(feature, feature_lens, y_padded, y_lens,
+                                         token_level=loss_config.kd_seq_scale > 0)
+    losses = model(feature, feature_lens, y, loss_config, **extra)
     loss = weighted_loss(inner, losses, loss_config, params.batch_idx_train)
     info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "cif_align_loss": "tokens",
-                                     "acd_loss": "tokens", "lrd_loss": "tokens", "quantity_loss": "utterances"})
+                                     "acd_loss": "tokens", "lrd_loss": "tokens", "kd_seq_loss": "tokens",
+                                     "cmlm_loss": "tokens", "quantity_loss": "utterances"})
     # The CIF frames the model integrates over: the per-frame loss normaliser.
     info["frames"] = float(inner.num_output_frames(feature_lens).sum())
     info["tokens"] = float(sum(len(t) for t in y))
@@ -176,10 +189,12 @@ def validate(
     """Validation loss, and the greedy WER/CER of the validation set when --valid-decode.
 
     Under DDP each rank scores its share of the set and the sums are all-reduced. The
-    distillation losses are left out (the validation cuts have no teacher features), so the
-    validation loss of a distilled run compares with an undistilled one's.
+    distillation and knowledge-transfer losses are left out (the validation cuts have no teacher
+    features, and the teacher is not run on them), so the validation loss of a distilled run
+    compares with an undistilled one's.
     """
-    loss_config = dataclasses.replace(loss_config, acd_loss_scale=0.0, lrd_loss_scale=0.0)
+    loss_config = dataclasses.replace(loss_config, acd_loss_scale=0.0, lrd_loss_scale=0.0, kd_frame_scale=0.0,
+                                      kd_seq_scale=0.0)
     model.eval()
     tot = MetricsTracker()
     errors = ref_units = 0
@@ -279,6 +294,7 @@ class TrainingState:
         records: TrainingRecords,
         loss_config: LossConfig,
         preemption: PreemptionFlag,
+        kd_teacher: Optional[KdTeacher] = None,
     ):
         self.params = params
         self.model = model
@@ -294,6 +310,7 @@ class TrainingState:
         self.records = records
         self.loss_config = loss_config
         self.preemption = preemption
+        self.kd_teacher = kd_teacher
 
     def save(self, filename: Path, sampler) -> None:
         """Everything needed to resume (rank 0 writes; the sampler's own state is informational:
@@ -367,7 +384,8 @@ def train_one_epoch(
             state.records.write("cuts", epoch=params.cur_epoch, batch=params.batches_in_epoch, cuts=cut_ids)
         inner.set_batch_count(adjusted_batch_count(params, state.world_size))
         with autocast_context(params, state.device):
-            loss, info = compute_loss(params, model, state.tokenizer, batch, state.device, state.loss_config)
+            loss, info = compute_loss(params, model, state.tokenizer, batch, state.device, state.loss_config,
+                                      state.kd_teacher)
 
         finite, preempted = agree_on_batch(loss, state.world_size, state.preemption)
         if not finite:
@@ -568,6 +586,15 @@ def _train(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe,
         logging.warning("--use-fp16 on a CPU is very slow (float16 kernels are emulated); --use-bf16 1 is the CPU's "
                         "mixed precision")
     model.to(device)
+    kd_teacher = None
+    if loss_config.transfers_knowledge:
+        kd_teacher = KdTeacher.from_checkpoint(recipe, params.kd_teacher_checkpoint, tokenizer, device)
+        logging.info(
+            f"Knowledge transfer from {params.kd_teacher_checkpoint} ({kd_teacher.model.head.name}, "
+            f"{sum(p.numel() for p in kd_teacher.model.parameters())} parameters): frame level x "
+            f"{loss_config.kd_frame_scale}, sequence level x {loss_config.kd_seq_scale}, temperature "
+            f"{loss_config.kd_temperature}"
+        )
     optimizer = ScaledAdam(model.named_parameters(), lr=params.base_lr, clipping_scale=2.0)
     scheduler = Eden(optimizer, params.lr_batches, params.lr_epochs, warmup_batches=params.warmup_batches)
     scaler = torch.amp.GradScaler(device.type, enabled=params.use_fp16, init_scale=1.0)
@@ -589,12 +616,13 @@ def _train(rank: int, world_size: int, args: argparse.Namespace, recipe: Recipe,
     valid_dl = datamodule.valid_dataloaders(dev_cuts)
 
     if device.type == "cuda" and not mid_epoch:
-        scan_pessimistic_batches_for_oom(params, model, tokenizer, optimizer, train_dl, device, loss_config)
+        scan_pessimistic_batches_for_oom(params, model, tokenizer, optimizer, train_dl, device, loss_config,
+                                         kd_teacher)
 
     tb_writer = get_tensorboard_writer(params.exp_dir / "tensorboard") if params.tensorboard and rank == 0 else None
     state = TrainingState(
         params, model, model_avg, optimizer, scheduler, scaler, tokenizer, device, rank, world_size, tb_writer,
-        records, loss_config, preemption,
+        records, loss_config, preemption, kd_teacher,
     )
     try:
         train_epochs(state, train_dl, valid_dl, saved if mid_epoch else None, epoch_audio_seconds)
@@ -651,6 +679,7 @@ def scan_pessimistic_batches_for_oom(
     train_dl: torch.utils.data.DataLoader,
     device: torch.device,
     loss_config: LossConfig,
+    kd_teacher: Optional[KdTeacher] = None,
 ) -> None:
     """Run forward+backward on the largest batches first so an OOM shows up now, with advice."""
     from lhotse.dataset import find_pessimistic_batches
@@ -661,7 +690,7 @@ def scan_pessimistic_batches_for_oom(
         batch = train_dl.dataset[cuts]
         try:
             with autocast_context(params, device):
-                loss, _ = compute_loss(params, model, tokenizer, batch, device, loss_config)
+                loss, _ = compute_loss(params, model, tokenizer, batch, device, loss_config, kd_teacher)
             loss.backward()
             optimizer.zero_grad()
         except torch.OutOfMemoryError:

@@ -55,6 +55,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
                         "(a fresh run only; ignored when resuming).")
     g.add_argument("--min-duration", type=float, default=1.0, help="Drop training cuts shorter than this (s).")
     g.add_argument("--max-cut-duration", type=float, default=20.0, help="Drop training cuts longer than this (s).")
+    g.add_argument("--kd-teacher-checkpoint", type=Path, default=None,
+                   help="A trained model of this repository (export.py's pretrained.pt, or a training checkpoint) "
+                        "to transfer knowledge from with --kd-frame-scale / --kd-seq-scale; frozen, in eval mode, "
+                        "run on the fly on each batch (icefall_cif/kd.py).")
     g.add_argument("--num-threads", type=int, default=1,
                    help="PyTorch intra-op threads per process (icefall uses 1); 0 = the CPU cores of this machine "
                         "divided by the processes on it. More threads only pay off on otherwise idle cores: on a "
@@ -113,6 +117,24 @@ def distillation_problems(params: AttributeDict) -> List[str]:
     return problems
 
 
+def knowledge_transfer_problems(params: AttributeDict) -> List[str]:
+    """What is wrong with the knowledge-transfer options (--kd-*)."""
+    problems = []
+    transfers = params.kd_frame_scale > 0 or params.kd_seq_scale > 0
+    if transfers and params.get("kd_teacher_checkpoint") is None:
+        problems.append(f"--kd-frame-scale {params.kd_frame_scale} / --kd-seq-scale {params.kd_seq_scale} need a "
+                        f"teacher: pass --kd-teacher-checkpoint (export.py's pretrained.pt of a trained model)")
+    if params.get("kd_teacher_checkpoint") is not None and not transfers:
+        problems.append("--kd-teacher-checkpoint is given but --kd-frame-scale and --kd-seq-scale are 0: set one of "
+                        "them, or drop the teacher")
+    if params.kd_seq_scale > 0 and (params.lrd_loss_scale > 0 or params.acd_loss_scale > 0):
+        problems.append("--kd-seq-scale cannot be combined with HieraDist's --acd-loss-scale / --lrd-loss-scale: "
+                        "use one kind of teacher")
+    if params.kd_seq_scale > 0 and not params.cif_scale_weights:
+        problems.append("--kd-seq-scale needs one CIF vector per token: drop --cif-scale-weights 0")
+    return problems
+
+
 def check_options(params: AttributeDict) -> None:
     """Reject impossible option combinations before anything is started, naming each problem."""
     problems = []
@@ -143,5 +165,6 @@ def check_options(params: AttributeDict) -> None:
     if params.ref_duration <= 0:
         problems.append(f"--ref-duration must be positive, got {params.ref_duration}")
     problems += distillation_problems(params)
+    problems += knowledge_transfer_problems(params)
     if problems:
         raise ValueError("Invalid training options:\n  " + "\n  ".join(problems))

@@ -362,6 +362,33 @@ class CeHead(DecoderHead):
         logits = self.ce_decoder.output_linear(states)
         return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states
 
+    def token_logits(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N, U, V) logits of every target position, teacher-forced, without glancing."""
+        states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, LossConfig())
+        return self.ce_decoder.output_linear(states)
+
+    def loss_and_token_logits(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The CE loss, the (N, U, V) logits it was computed from, and the (N, U) valid positions."""
+        states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
+        logits = self.ce_decoder.output_linear(states)
+        losses = {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
+        return losses, logits, ~make_pad_mask(y_lens, y_padded.size(1))
+
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
         return {"ce_loss": 1.0}

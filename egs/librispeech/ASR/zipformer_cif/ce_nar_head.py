@@ -8,7 +8,10 @@ Training may use Paraformer's glancing sampler (`--glancing-ratio`, :func:`glanc
 a first pass without gradient counts the wrong tokens of each utterance, ratio x that many
 positions get the reference token's embedding instead of their CIF vector, and the loss is the
 CE of the second pass. The decoder thereby learns to use given tokens, which a mask-predict
-search over its unsure positions relies on.
+search over its unsure positions relies on: `nar_mask_predict` (greedy) and `nar_beam_search`
+re-predict the positions of the one-pass output whose max posterior is below `--mask-threshold`,
+in at most `--mask-iterations` rounds, with the other positions' tokens given
+(icefall_cif.decode.mask_predict).
 """
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,8 +21,9 @@ from ce_decoder import CeHead, NarCeDecoder
 
 from icefall_cif.cif import CifPredictorOutput
 from icefall_cif.config import LossConfig
-from icefall_cif.decode.beam_search import ce_beam_search
+from icefall_cif.decode.beam_search import Hypothesis, NBest, ce_beam_search
 from icefall_cif.decode.greedy import vector_index
+from icefall_cif.decode.mask_predict import MaskPredictOptions, mask_predict_search, mask_unsure
 from icefall_cif.utils import make_pad_mask
 
 
@@ -46,6 +50,7 @@ class NarCeHead(CeHead):
     """
 
     name = "cif_ce_nar"
+    mask_predict_methods = ("nar_mask_predict", "nar_beam_search")
 
     def __init__(self, ce_decoder: NarCeDecoder, blank_id: int):
         super().__init__()
@@ -128,6 +133,39 @@ class NarCeHead(CeHead):
             NarBeamScorer(log_probs, beam_size), cif, cif_lens, self.blank_id, self.vocab_size,
             beam_size=beam_size, lm=lm, lm_scale=lm_scale,
         )
+
+    def mask_predict_search(
+        self,
+        method: str,
+        cif: torch.Tensor,
+        cif_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        options: MaskPredictOptions,
+        ctc_log_probs: Optional[torch.Tensor] = None,
+    ) -> List[NBest]:
+        """`nar_mask_predict` / `nar_beam_search`: one parallel pass, then its positions whose max
+        posterior is below `options.threshold` re-predicted with the other tokens given
+        (`known_tokens`). Nothing below it: the greedy search's tokens."""
+        if method not in self.mask_predict_methods:
+            raise ValueError(f"the cif_ce_nar head has no search {method}; it has {list(self.mask_predict_methods)}")
+        N, U, _ = cif.shape
+        if U == 0:
+            return [[Hypothesis([], 0.0)] for _ in range(N)]
+        log_probs = self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).log_softmax(dim=-1)
+        best, tokens = log_probs.max(dim=-1)
+        masked = mask_unsure(tokens, cif_lens, best.exp(), options.threshold)
+
+        def predict(known: torch.Tensor) -> torch.Tensor:
+            K = known.size(1)
+            logits = self.ce_decoder(
+                cif.repeat_interleave(K, dim=0), cif_lens.repeat_interleave(K),
+                encoder_out.repeat_interleave(K, dim=0), encoder_out_lens.repeat_interleave(K),
+                known_tokens=known.reshape(N * K, U),
+            )
+            return logits.log_softmax(dim=-1).view(N, K, U, -1)
+
+        return mask_predict_search(predict, masked, cif_lens, options, beam=method == "nar_beam_search")
 
 
 def glancing_positions(

@@ -10,7 +10,10 @@
                          CIF vectors, pruned RNN-T loss with the CIF vectors as the time axis;
          cif_ce_ar (ce_ar_head.py):   causal Transformer, step u sees CIF vector u and token u-1;
          cif_ce_nar (ce_nar_head.py): bidirectional Transformer over the CIF vectors with
-                         cross-attention to the encoder frames.
+                         cross-attention to the encoder frames;
+         mask_ctc (mask_ctc_head.py): Mask-CTC, the CTC head's greedy output with its unsure
+                         tokens re-predicted by a conditional masked LM cross-attending to the
+                         encoder frames (the CIF layer is still trained, but not read).
 
 `CifAsrModel` fulfils `icefall_cif.model_contract.CifModel`, the only view the shared loops
 have of it. `ModelConfig` is the architecture (saved in every checkpoint, so decode.py
@@ -33,6 +36,7 @@ import torch.nn.functional as F
 from ce_ar_head import ArCeHead
 from ce_nar_head import NarCeHead
 from encoder_configs import ENCODER_CONFIGS, build_encoder, get_encoder_config, to_int_tuple
+from mask_ctc_head import MaskCtcHead
 from scaling import set_batch_count
 from transducer_head import TransducerHead
 from zipformer import SimpleDownsample
@@ -41,6 +45,7 @@ from icefall_cif.alignment import cif_alignment_loss, ctc_forced_align
 from icefall_cif.cif import CifOutput, CifPredictor, CifPredictorOutput, fit_to_target_lengths, quantity_loss
 from icefall_cif.config import LossConfig
 from icefall_cif.distill import DistillProjections, TeacherFeatures, acd_loss, lrd_loss
+from icefall_cif.kd import KdTargets, frame_kd_loss, token_kd_loss
 from icefall_cif.model_contract import DecoderHead
 from icefall_cif.utils import make_pad_mask, pad_token_ids
 
@@ -51,6 +56,7 @@ HEADS: Dict[str, Type[DecoderHead]] = {
     TransducerHead.name: TransducerHead,
     ArCeHead.name: ArCeHead,
     NarCeHead.name: NarCeHead,
+    MaskCtcHead.name: MaskCtcHead,
 }
 
 # Checkpoint key prefixes of the decoder modules before they moved into `head`.
@@ -119,10 +125,10 @@ class ModelConfig:
     context_size: int = field(
         default=2, metadata={"help": "Previous tokens the prediction network sees (1 = bigram)."}
     )
-    ce_decoder_dim: int = field(default=256, metadata={"help": "Width of the CE Transformer decoder."})
-    ce_decoder_layers: int = field(default=2, metadata={"help": "Layers of the CE decoder."})
-    ce_decoder_heads: int = field(default=4, metadata={"help": "Attention heads of the CE decoder."})
-    ce_decoder_dropout: float = field(default=0.1, metadata={"help": "Dropout of the CE decoder."})
+    ce_decoder_dim: int = field(default=256, metadata={"help": "Width of the CE Transformer decoder (and of mask_ctc's CMLM)."})
+    ce_decoder_layers: int = field(default=2, metadata={"help": "Layers of the CE decoder (and of the CMLM)."})
+    ce_decoder_heads: int = field(default=4, metadata={"help": "Attention heads of the CE decoder (and of the CMLM)."})
+    ce_decoder_dropout: float = field(default=0.1, metadata={"help": "Dropout of the CE decoder (and of the CMLM)."})
     vocab_size: Optional[int] = field(default=None, metadata={"internal": True})
     blank_id: int = field(default=0, metadata={"internal": True})
     feature_dim: int = field(default=80, metadata={"internal": True})
@@ -368,6 +374,7 @@ class CifAsrModel(nn.Module):
         y: List[List[int]],
         loss_config: LossConfig,
         teacher: Optional[TeacherFeatures] = None,
+        kd: Optional[KdTargets] = None,
     ) -> Dict[str, torch.Tensor]:
         """Training / validation losses, unweighted (the training loop weights them).
 
@@ -378,11 +385,14 @@ class CifAsrModel(nn.Module):
           loss_config: the training-only loss settings (smoothing, prune range, ...).
           teacher: the teacher vectors, feats (N, U, D) and lens (N,) = the lengths of `y`; read
             only when `loss_config` turns ACD or LRD on, and then required.
+          kd: the --kd-teacher-checkpoint model's outputs on this batch (icefall_cif.kd.KdTeacher);
+            read only when `loss_config` turns knowledge transfer on, and then required.
         Returns:
           scalar tensors summed over the batch: "ctc_loss", "quantity_loss", "cif_align_loss"
           when `loss_config.cif_align_loss_scale` > 0 or in eval mode, then the head's (`head.loss_names`:
-          "simple_loss" and "pruned_loss", or "ce_loss"), then "acd_loss" / "lrd_loss" when their
-          scales are > 0 (sums over the valid tokens, see icefall_cif.distill).
+          "simple_loss" and "pruned_loss", "ce_loss", or "cmlm_loss"), then "acd_loss" / "lrd_loss" when their
+          scales are > 0 (sums over the valid tokens, see icefall_cif.distill), and "kd_frame_loss" /
+          "kd_seq_loss" when theirs are (icefall_cif.kd).
         """
         if x.ndim != 3 or x_lens.shape != (x.size(0),) or len(y) != x.size(0):
             raise ValueError(
@@ -407,26 +417,53 @@ class CifAsrModel(nn.Module):
             # CTC frames -> CIF frames (-1, "no alignment", stays negative).
             cif_frames = torch.where(spikes >= 0, spikes // self.cif_downsample_factor, spikes)
             losses["cif_align_loss"] = cif_alignment_loss(cif_out.alpha, cif_frames)
+        if loss_config.transfers_knowledge:
+            kd = self._check_kd(kd, encoder_out_lens, loss_config)
+        if loss_config.kd_frame_scale > 0:
+            losses["kd_frame_loss"] = frame_kd_loss(
+                ctc_log_probs, kd.ctc_log_probs, encoder_out_lens, loss_config.kd_temperature
+            )
+        head_inputs = (cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config)
         if not loss_config.distills:
-            losses.update(self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config))
+            if loss_config.kd_seq_scale > 0:
+                head_losses, logits, positions = self.head.loss_and_token_logits(*head_inputs)
+                losses.update(head_losses)
+                losses["kd_seq_loss"] = token_kd_loss(
+                    logits, kd.token_log_probs, positions, self.blank_id, loss_config.kd_temperature
+                )
+            else:
+                losses.update(self.head.loss(*head_inputs))
             return losses
         teacher_rows = self._teacher_rows(teacher, y_lens, loss_config)  # (sum U, D)
         # Positions of the batch's valid tokens, in the same (utterance, token) order as teacher_rows.
         valid = make_pad_mask(y_lens, y_padded.size(1)).logical_not()
         if loss_config.lrd_loss_scale > 0:
-            head_losses, states = self.head.loss_and_token_states(
-                cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config
-            )
+            head_losses, states = self.head.loss_and_token_states(*head_inputs)
             losses.update(head_losses)
             losses["lrd_loss"] = lrd_loss(self.distill.lrd(states[valid]), teacher_rows)
         else:
-            losses.update(self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config))
+            losses.update(self.head.loss(*head_inputs))
         if loss_config.acd_loss_scale > 0:
             losses["acd_loss"] = acd_loss(
                 self.distill.acd(cif_out.cif[valid]), teacher_rows,
                 num_negatives=loss_config.acd_num_negatives, temperature=loss_config.acd_temperature,
             )
         return losses
+
+    def _check_kd(self, kd: Optional[KdTargets], encoder_out_lens: torch.Tensor, loss_config: LossConfig) -> KdTargets:
+        """`kd`, after checking that it holds what the options need for this batch."""
+        if kd is None:
+            raise ValueError("--kd-frame-scale / --kd-seq-scale > 0 need the teacher's outputs on the batch "
+                             "(train.py computes them from --kd-teacher-checkpoint)")
+        if kd.ctc_lens.shape != encoder_out_lens.shape or bool((kd.ctc_lens != encoder_out_lens).any()):
+            raise ValueError(f"the teacher's encoder gives {kd.ctc_lens.tolist()} frames but the student's "
+                             f"{encoder_out_lens.tolist()}: knowledge transfer needs encoders of the same frame rate")
+        if loss_config.kd_seq_scale > 0 and kd.token_log_probs is None:
+            raise ValueError("--kd-seq-scale > 0 needs the teacher's token posteriors (KdTeacher.targets with "
+                             "token_level=True)")
+        if loss_config.kd_seq_scale > 0 and loss_config.distills:
+            raise ValueError("--kd-seq-scale cannot be combined with --acd-loss-scale / --lrd-loss-scale")
+        return kd
 
     def _teacher_rows(
         self, teacher: Optional[TeacherFeatures], y_lens: torch.Tensor, loss_config: LossConfig

@@ -193,6 +193,23 @@ class TransducerHead(DecoderHead):
         logits = self.joiner(cif, decoder_out[:, : cif.size(1)])  # (N, U, V)
         return token_cross_entropy(logits, y_padded, y_lens, label_smoothing)
 
+    def token_logits(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N, U, V) joiner logits at (CIF vector u, prediction after tokens < u): the lattice's
+        diagonal, blank included (knowledge transfer renormalises it away); needs U CIF vectors."""
+        cif = cif_out.cif
+        if cif.size(1) != y_padded.size(1):
+            raise ValueError(f"token logits need one CIF vector per token, got {cif.size(1)} vectors for "
+                             f"{y_padded.size(1)} tokens")
+        decoder_out = self.decoder(F.pad(y_padded, (1, 0), value=self.blank_id))
+        return self.joiner(cif, decoder_out[:, : cif.size(1)])
+
     def sequence_log_probs(
         self, cif: torch.Tensor, cif_lens: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor
     ) -> torch.Tensor:

@@ -1,0 +1,1 @@
+../../../librispeech/ASR/zipformer_cif/mask_ctc_head.py
