@@ -20,7 +20,9 @@ One layout per decoder type, suffix `epoch-N-avg-K` (or `iter-I-avg-K`):
     decoder-<suffix>.onnx  cif_u (N, C), prev_token (N,) int64, cache (L, N, u, D)
                            -> logits (N, V), new_cache (L, N, u + 1, D)
 
-`--int8 1` also writes `*.int8.onnx`, dynamically quantised (int8 weights of MatMul).
+The graphs are traced from `substitute_for_onnx(model)`, which computes the same with cheaper
+onnxruntime kernels (docs/deployment.md, "Export-only substitutions"). `--int8 1` also writes
+`*.int8.onnx`, dynamically quantised (int8 weights of MatMul).
 """
 import argparse
 import copy
@@ -216,6 +218,252 @@ class NarCtcModel(nn.Module):
         return interleaved, cif_lens * 2
 
 
+# ---------------------------------------------------------------------------------------------
+# Export-only substitutions: the same function as the eval-mode model, in fewer or cheaper ONNX
+# ops for onnxruntime's CPU kernels (BENCHMARKS.md, "ONNX export and runtimes"). The recipe's
+# modules (scaling.py, subsampling.py, zipformer.py) are matched by class name: this package
+# does not import recipe modules.
+# ---------------------------------------------------------------------------------------------
+
+#: Swoosh(x) = softplus(x - offset) - SLOPE x - constant, scaling.py's SwooshL and SwooshR
+#: (test_onnx_export.py checks these against scaling.swoosh_forward).
+SWOOSH_OFFSET = {"SwooshL": 4.0, "SwooshR": 1.0}
+SWOOSH_CONSTANT = {"SwooshL": 0.035, "SwooshR": 0.313261687}
+SWOOSH_SLOPE = 0.08
+#: softplus(z) = log(1 + exp(z)) is computed from exp(min(z, 20)), which cannot overflow; above
+#: 20 softplus(z) - z < 2.1e-9, so max(z, .) is exact in float32 there.
+_SOFTPLUS_CLAMP = 20.0
+
+
+class OnnxSwoosh(nn.Module):
+    """Swoosh as 7 elementwise ONNX ops (Min, Exp, Add, Log, Max, Mul, Sub) instead of 11.
+
+    With z = x - offset: swoosh(x) = softplus(z) - SLOPE z - (constant + SLOPE offset).
+    `substitute_for_onnx` folds the offset into the bias of the layer before and the constant
+    into the bias of the layer after, where that is exact; what is not folded is applied here.
+
+    Args:
+      offset: subtracted from the input first (0: folded into the previous layer).
+      constant: subtracted from the output last (0: folded into the next layer).
+    Shapes: any -> same.
+    """
+
+    def __init__(self, offset: float, constant: float):
+        super().__init__()
+        self.offset = offset
+        self.constant = constant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x - self.offset if self.offset else x
+        softplus = torch.maximum(z, torch.log(1.0 + torch.exp(torch.clamp(z, max=_SOFTPLUS_CLAMP))))
+        y = softplus - SWOOSH_SLOPE * z
+        return y - self.constant if self.constant else y
+
+
+def swoosh_output_constant(name: str) -> float:
+    """The constant of swoosh(x) written in z = x - offset: softplus(z) - SLOPE z - this."""
+    return SWOOSH_CONSTANT[name] + SWOOSH_SLOPE * SWOOSH_OFFSET[name]
+
+
+class OnnxSwooshLinear(nn.Module):
+    """scaling.ActivationDropoutAndLinear in eval mode: linear(swoosh(x)); (..., in) -> (..., out)."""
+
+    def __init__(self, swoosh: OnnxSwoosh, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+        super().__init__()
+        self.swoosh = swoosh
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(self.swoosh(x), self.weight, self.bias)
+
+
+def _fold_offset_into(layer: nn.Module, offset: float) -> None:
+    """Make `layer` (Linear/Conv with a bias) output x - offset instead of x."""
+    if getattr(layer, "bias", None) is None:
+        raise ValueError(f"cannot fold the Swoosh offset into {type(layer).__name__} without a bias")
+    with torch.no_grad():
+        layer.bias -= offset
+
+
+def _can_absorb_input_constant(layer: nn.Module) -> bool:
+    """Whether adding a constant to every input element of `layer` changes only its output by a
+    bias: Linear, or a convolution without padding (zero padding would not be shifted)."""
+    if isinstance(layer, nn.Linear):
+        return layer.bias is not None
+    if isinstance(layer, nn.modules.conv._ConvNd):
+        padding = layer.padding
+        return layer.bias is not None and (padding == "valid" or all(p == 0 for p in padding))
+    return False
+
+
+def _absorb_input_constant(layer: nn.Module, constant: float) -> None:
+    """Make `layer` give the same outputs for inputs `constant` larger: b -= constant * sum(W)
+    over everything but the output channel."""
+    with torch.no_grad():
+        weight = layer.weight
+        layer.bias -= constant * weight.sum(dim=tuple(range(1, weight.dim())))
+
+
+def _swoosh_name(module: nn.Module) -> Optional[str]:
+    name = type(module).__name__
+    return name if name in SWOOSH_OFFSET else None
+
+
+def _substitute_conv_stack(stack: nn.Sequential) -> None:
+    """Conv2dSubsampling.conv: Conv, (identities in eval), Swoosh, Conv, ..., Swoosh. Each offset
+    goes into the preceding Conv's bias, each constant into the next Conv's bias when it has no
+    padding (the last one, before the zero-padded ConvNeXt, keeps its constant)."""
+    layers = list(stack)
+    weighted = [i for i, m in enumerate(layers) if isinstance(m, nn.modules.conv._ConvNd)]
+    for i, module in enumerate(layers):
+        name = _swoosh_name(module)
+        if name is None:
+            continue
+        before = [j for j in weighted if j < i]
+        after = [j for j in weighted if j > i]
+        offset = SWOOSH_OFFSET[name]
+        if before:
+            _fold_offset_into(layers[before[-1]], offset)
+            offset = 0.0
+        constant = swoosh_output_constant(name)
+        if after and _can_absorb_input_constant(layers[after[0]]):
+            _absorb_input_constant(layers[after[0]], constant)
+            constant = 0.0
+        stack[i] = OnnxSwoosh(offset, constant)
+
+
+class ChannelsLastConvEmbed(nn.Module):
+    """subsampling.Conv2dSubsampling in eval mode, its ConvNeXt's 1x1 convolutions as Linear
+    layers over a channels-last (N, T, F, C) map.
+
+    onnxruntime runs convolutions in a blocked layout (NCHWc) and reorders to NCHW for every
+    other op; the ConvNeXt's 1x1 convolutions around the Swoosh of its 384-channel hidden layer
+    cost two such reorders, and the (N, C, T, F) -> (N, T, C * F) flattening a transpose. As
+    MatMuls over channels-last pixels neither is needed; the output Linear's weight columns are
+    permuted from (C, F) to (F, C) order to match the flattening. The training-only parts
+    (Whiten, Balancer, dropout, layer drop) are identities in eval and left out.
+
+    The pointwise part (1x1 conv, Swoosh, 1x1 conv) runs on `TIME_SLICES` slices of the frames
+    in turn (slices may be empty for short inputs).
+
+    Shapes: (N, T, F_in), (N,) -> (N, (T - 7) // 2, out_channels), (N,) as Conv2dSubsampling.
+    """
+
+    #: Slices of the time axis for the pointwise part: a fixed number, since a traced graph
+    #: cannot loop over a dynamic one. 4 to 16 slices took 0.957-0.965 of the unsliced encoder
+    #: graph's time on 4 s utterances (BENCHMARKS.md).
+    TIME_SLICES = 16
+
+    def __init__(self, embed: nn.Module):
+        super().__init__()
+        self.conv = embed.conv
+        self.mask_padding = embed.mask_padding
+        convnext = embed.convnext
+        self.depthwise_conv = convnext.depthwise_conv
+        self.pointwise1 = _linear_from_1x1_conv(convnext.pointwise_conv1)
+        self.activation = convnext.activation
+        self.pointwise2 = _linear_from_1x1_conv(convnext.pointwise_conv2)
+        out = embed.out
+        channels, width = embed.layer3_channels, embed.out_width
+        self.out = nn.Linear(out.in_features, out.out_features)
+        with torch.no_grad():
+            self.out.weight.copy_(out.weight.reshape(-1, channels, width).transpose(1, 2).reshape(out.weight.shape))
+            self.out.bias.copy_(out.bias)
+        self.out_norm = embed.out_norm
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        out_lens = (x_lens - 7) // 2
+        x = self.conv(x.unsqueeze(1))  # (N, C, T', F)
+        if self.mask_padding:
+            t = torch.arange(x.shape[2], device=x.device)
+            x = x * (t[None, :] < out_lens[:, None]).to(x.dtype)[:, None, :, None]
+        y = self.depthwise_conv(x).permute(0, 2, 3, 1)  # (N, T', F, C)
+        # The hidden layer is 3 C channels wide (5 MB for 4 s of audio) and its Swoosh makes 7
+        # passes over it; one time slice after another, it stays in the core's L2 cache.
+        num_frames = y.shape[1]
+        slices = [y[:, (i * num_frames) // self.TIME_SLICES:((i + 1) * num_frames) // self.TIME_SLICES]
+                  for i in range(self.TIME_SLICES)]
+        y = torch.cat([self.pointwise2(self.activation(self.pointwise1(s))) for s in slices], dim=1)
+        x = x.permute(0, 2, 3, 1) + y
+        n, t, f, c = x.shape
+        return self.out_norm(self.out(x.reshape(n, t, f * c))), out_lens
+
+
+def _linear_from_1x1_conv(conv: nn.Conv2d) -> nn.Linear:
+    linear = nn.Linear(conv.in_channels, conv.out_channels)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.reshape(conv.out_channels, conv.in_channels))
+        linear.bias.copy_(conv.bias)
+    return linear
+
+
+def _is_conv2d_subsampling(module: nn.Module) -> bool:
+    convnext = getattr(module, "convnext", None)
+    return (type(module).__name__ == "Conv2dSubsampling" and type(convnext).__name__ == "ConvNeXt"
+            and _swoosh_name(convnext.activation) == "SwooshL"
+            and all(c.kernel_size == (1, 1) and c.groups == 1 and c.bias is not None
+                    for c in (convnext.pointwise_conv1, convnext.pointwise_conv2)))
+
+
+def substitute_for_onnx(model: nn.Module) -> nn.Module:
+    """A copy of the eval-mode `model` that computes the same (to float32 rounding, ~1e-6) with
+    cheaper ONNX graphs:
+
+    - every Swoosh as `OnnxSwoosh`, its offset folded into the bias of the Linear / Conv before
+      it and its constant into the bias of the Linear / unpadded Conv after it: in Zipformer2's
+      FeedforwardModule (in_proj, out_proj) and ConvolutionModule (the non-causal depthwise
+      conv, out_proj), the Conv2dSubsampling convolutions and its ConvNeXt;
+    - Conv2dSubsampling as `ChannelsLastConvEmbed`.
+    """
+    model = copy.deepcopy(model).eval()
+    embeds = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+              if _is_conv2d_subsampling(child)]
+    for parent, name, embed in embeds:
+        _substitute_conv_stack(embed.conv)
+        convnext = embed.convnext
+        _fold_offset_into(convnext.pointwise_conv1, SWOOSH_OFFSET["SwooshL"])
+        _absorb_input_constant(convnext.pointwise_conv2, swoosh_output_constant("SwooshL"))
+        convnext.activation = OnnxSwoosh(0.0, 0.0)
+        setattr(parent, name, ChannelsLastConvEmbed(embed))
+    for module in list(model.modules()):
+        kind = type(module).__name__
+        if kind in ("FeedforwardModule", "ConvolutionModule"):
+            before = module.in_proj if kind == "FeedforwardModule" else module.depthwise_conv
+            # A causal module's ChunkCausalDepthwiseConv1d is no single Conv1d (two convolutions,
+            # one scaled after its bias): its Swoosh keeps the offset.
+            foldable = isinstance(before, (nn.Linear, nn.Conv1d)) and before.bias is not None
+            module.out_proj = _swoosh_linear(module.out_proj, before if foldable else None)
+    # Any other Swoosh (none in this recipe's models today) gets the cheaper form, unfolded.
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            name = _swoosh_name(child)
+            if name is not None:
+                setattr(parent, child_name, OnnxSwoosh(SWOOSH_OFFSET[name], swoosh_output_constant(name)))
+            elif type(child).__name__ == "ActivationDropoutAndLinear":
+                setattr(parent, child_name, _swoosh_linear(child, None))
+    return model
+
+
+def _swoosh_linear(layer: nn.Module, before: Optional[nn.Module]) -> nn.Module:
+    """OnnxSwooshLinear for an ActivationDropoutAndLinear `layer` (returned unchanged if it is
+    something else), with the offset folded into `before` unless that is None, and the constant
+    into the linear layer's bias if it has one."""
+    if type(layer).__name__ != "ActivationDropoutAndLinear":
+        return layer
+    name = layer.activation
+    offset = SWOOSH_OFFSET[name]
+    if before is not None:
+        _fold_offset_into(before, offset)
+        offset = 0.0
+    swoosh_linear = OnnxSwooshLinear(OnnxSwoosh(offset, 0.0), layer.weight, layer.bias)
+    if swoosh_linear.bias is None:
+        swoosh_linear.swoosh.constant = swoosh_output_constant(name)
+    else:
+        _absorb_input_constant(swoosh_linear, swoosh_output_constant(name))
+    return swoosh_linear
+
+
 def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Module, str, int]:
     """The averaged model (eval mode) named by the selection options, the file suffix
     `epoch-N-avg-K` / `iter-I-avg-K` of icefall's ONNX exports, and the feature dimension."""
@@ -228,7 +476,8 @@ def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Mo
     config = model_config_for_decoding(recipe, params, trained, tokenizer)
     if config.decoder_type not in SUPPORTED_DECODER_TYPES:
         raise ValueError(f"The model in {params.exp_dir} has decoder type {config.decoder_type}; export-onnx.py "
-                         f"has layouts for {list(SUPPORTED_DECODER_TYPES)}")
+                         f"has layouts for {list(SUPPORTED_DECODER_TYPES)} only: run it with decode.py, or with "
+                         f"export.py and pretrained.py")
     model, config = inference_model(recipe, config, state, params)
     suffix = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
     return model.eval(), suffix, config.feature_dim
@@ -302,12 +551,14 @@ def common_meta_data(model: nn.Module) -> Dict[str, str]:
 def export_onnx(
     model: nn.Module, out_dir: Path, suffix: str, max_sym_per_frame: int, feature_dim: int = 80
 ) -> List[Path]:
-    """Write the ONNX files of `model`'s layout (module docstring) into out_dir; return them."""
+    """Write the ONNX files of `model`'s layout (module docstring) into out_dir; return them.
+    `model` itself is left unchanged (the graphs are traced from `substitute_for_onnx(model)`)."""
     if max_sym_per_frame < 1:
         raise ValueError(f"--max-sym-per-frame must be >= 1, got {max_sym_per_frame}")
     out_dir.mkdir(parents=True, exist_ok=True)
     x, x_lens = example_features(feature_dim=feature_dim)
     meta = common_meta_data(model)
+    model = substitute_for_onnx(model)
     feats = {"x": {0: "N", 1: "T"}, "x_lens": {0: "N"}}
     kind = model.decoder_type
     if kind == "cif_transducer":
@@ -364,8 +615,29 @@ def export_onnx(
     return [encoder, decoder]
 
 
+def _matmuls_sharing_a_weight(filename: Path) -> List[str]:
+    """Names of the MatMul nodes whose weight initializer another MatMul also uses.
+
+    The ChannelsLastConvEmbed time slices share their weights; the exporter feeds the repeated
+    uses through Identity nodes, which quantize_dynamic does not see through, so it would
+    quantise one slice only. They stay float, as the 1x1 Conv nodes they replace were."""
+    import onnx
+
+    graph = onnx.load(str(filename), load_external_data=False).graph
+    source = {i.name: i.name for i in graph.initializer}
+    for node in graph.node:  # topological order: an Identity's input is resolved before it
+        if node.op_type == "Identity" and node.input[0] in source:
+            source[node.output[0]] = source[node.input[0]]
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in source]
+    uses: Dict[str, int] = {}
+    for node in matmuls:
+        uses[source[node.input[1]]] = uses.get(source[node.input[1]], 0) + 1
+    return [node.name for node in matmuls if uses[source[node.input[1]]] > 1]
+
+
 def quantize_int8(filenames: List[Path]) -> List[Path]:
-    """Dynamically quantised copies `<name>.int8.onnx` (int8 MatMul weights, as icefall's)."""
+    """Dynamically quantised copies `<name>.int8.onnx` (int8 MatMul weights, as icefall's; the
+    MatMuls that share a weight stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = []
@@ -376,7 +648,8 @@ def quantize_int8(filenames: List[Path]) -> List[Path]:
         level = root.level
         root.setLevel(logging.ERROR)
         try:
-            quantize_dynamic(str(filename), str(target), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+            quantize_dynamic(str(filename), str(target), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
+                             nodes_to_exclude=_matmuls_sharing_a_weight(filename))
         finally:
             root.setLevel(level)
         logging.info(f"Wrote {target}")

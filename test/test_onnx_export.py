@@ -3,6 +3,9 @@
 - the dense CIF fires exactly as `integrate_and_fire` (same counts and fire frames, vectors to
   1e-5), in PyTorch and as an onnxruntime graph, for any batch size and length, several fires
   per frame, no fire at all, with and without tail handling;
+- the export-only substitutions (cheaper Swoosh with its constants folded into neighbouring
+  biases, channels-last Conv-Embed) compute what the model does, never overflow, and leave the
+  model unchanged;
 - for each decoder type, the ONNX encoder's outputs equal PyTorch's (max abs difference 1e-4 on
   values of order 1) for several batch sizes and lengths, including an utterance with no fire;
 - sherpa-onnx's transcripts (transducer and zipformer2_ctc layouts) and onnx_pretrained.py's
@@ -117,6 +120,52 @@ def test_dense_cif_onnx_graph_is_dynamic_and_exact(tmp_path):
         assert cif_lens.tolist() == reference.cif_lens.tolist()
         assert fire_frames.tolist() == reference.fire_frames.tolist()
         np.testing.assert_allclose(cif, reference.cif.numpy(), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Export-only substitutions (substitute_for_onnx)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["SwooshL", "SwooshR"])
+def test_onnx_swoosh_equals_swoosh_without_overflow(name):
+    from scaling import swoosh_forward
+
+    from icefall_cif.onnx_export import SWOOSH_OFFSET, OnnxSwoosh, swoosh_output_constant
+
+    # Far beyond exp's float32 range (88.7) on both sides, and the clamp point 20 + offset.
+    x = torch.cat([torch.linspace(-200.0, 200.0, 40001), torch.tensor([-1e30, 1e30, 20.0 + SWOOSH_OFFSET[name]])])
+    expected = swoosh_forward(x.double(), name)
+    unfolded = OnnxSwoosh(SWOOSH_OFFSET[name], swoosh_output_constant(name))(x)
+    # The folded form gets z = x - offset and leaves the constant to the next layer.
+    folded = OnnxSwoosh(0.0, 0.0)(x - SWOOSH_OFFSET[name]) - swoosh_output_constant(name)
+    for got in (unfolded, folded):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_substituted_model_computes_the_same_and_leaves_the_model_alone():
+    """Every Swoosh is replaced (folded where the layers allow it), the Conv-Embed goes
+    channels-last, the outputs stay within float32 rounding, and the original is unchanged."""
+    from test_model import small_config
+
+    from icefall_cif import onnx_export
+    from model import get_model
+
+    torch.manual_seed(0)
+    model = get_model(small_config("cif_transducer")).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    substituted = onnx_export.substitute_for_onnx(model)
+    kinds = {type(m).__name__ for m in substituted.modules()}
+    assert not kinds & {"SwooshL", "SwooshR", "ActivationDropoutAndLinear", "Conv2dSubsampling"}
+    assert "ChannelsLastConvEmbed" in kinds
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # [41] and [12]: 17 and 2 Conv-Embed frames, fewer than its time slices (some are empty).
+    for lens in ([300, 120], [41], [12]):
+        x, x_lens = features(lens, 3), torch.tensor(lens)
+        with torch.no_grad():
+            expected = model.forward_encoder(x, x_lens)
+            got = substituted.forward_encoder(x, x_lens)
+        assert torch.equal(got[1], expected[1])
+        torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------
