@@ -224,6 +224,13 @@ class LossConfig:
             "the same positions, over the non-blank tokens; 0 = off."
         },
     )
+    kd_nbest: int = field(
+        default=0,
+        metadata={
+            "help": "With --kd-seq-scale: also train the student's decoder on the teacher's K best beam hypotheses "
+            "of each utterance (beam K, run on the fly), their loss averaged and weighted by --kd-seq-scale; 0 = off."
+        },
+    )
     kd_temperature: float = field(
         default=1.0, metadata={"help": "Temperature of both knowledge-transfer losses (the KL is scaled by its square)."}
     )
@@ -233,6 +240,9 @@ class LossConfig:
             raise ValueError(f"--glancing-ratio must be in [0, 1] (a share of the wrong tokens), got {self.glancing_ratio}")
         if self.kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {self.kd_temperature}")
+        if self.kd_nbest < 0 or (self.kd_nbest > 0 and self.kd_seq_scale <= 0):
+            raise ValueError(f"--kd-nbest must be >= 0 and needs --kd-seq-scale > 0 (its weight), got --kd-nbest "
+                             f"{self.kd_nbest}, --kd-seq-scale {self.kd_seq_scale}")
         if self.kd_frame_scale < 0 or self.kd_seq_scale < 0:
             raise ValueError(f"--kd-frame-scale and --kd-seq-scale must be >= 0, got {self.kd_frame_scale} and "
                              f"{self.kd_seq_scale}")

@@ -12,7 +12,10 @@ of the same rate (25 Hz), and both a decoder over CIF vectors.
         tau^2 KL( teacher's posterior of token u || student's posterior of token u ),
         both teacher-forced on the reference (the teacher sees tokens < u and CIF vector u), over
         the non-blank tokens (blank is never a CE target; a transducer teacher's blank mass is
-        renormalised away).
+        renormalised away);
+      and with --kd-nbest K also the student's own decoder loss on each of the teacher's K best
+        beam hypotheses, averaged over them (Kim & Rush's sequence-level distillation, on the
+        n-best), also weighted by --kd-seq-scale.
 
 tau is `--kd-temperature`; the tau^2 factor keeps the gradient scale of the soft targets
 independent of tau (Hinton et al., 2015). The losses are sums, like every loss of the model: the
@@ -21,12 +24,14 @@ training loop reports the frame loss per CIF frame and the sequence loss per tok
 The teacher runs on the fly, on the same features as the student, inside `torch.no_grad`.
 """
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
 from icefall_cif.checkpoint import load_safely
 from icefall_cif.config import config_from_dict
+from icefall_cif.decode.beam_search import NBest
+from icefall_cif.decode.search import beam_search
 from icefall_cif.model_contract import CifModel, check_model
 from icefall_cif.recipe import Recipe
 from icefall_cif.tokenizer import Tokenizer, check_token_table
@@ -40,11 +45,14 @@ class KdTargets(NamedTuple):
       ctc_log_probs: (N, T', V) the teacher's CTC log-probs; ctc_lens (N,) its valid frames.
       token_log_probs: (N, U, V) the teacher's log-posteriors of the reference tokens,
         teacher-forced (None when the sequence-level loss is off).
+      nbest: K lists of N token lists, list k holding each utterance's k-th best beam hypothesis
+        (--kd-nbest K; empty otherwise). See :func:`nbest_targets` for short n-bests.
     """
 
     ctc_log_probs: torch.Tensor
     ctc_lens: torch.Tensor
     token_log_probs: Optional[torch.Tensor]
+    nbest: Sequence[Sequence[List[int]]] = ()
 
 
 def soft_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -173,6 +181,7 @@ class KdTeacher:
         y_padded: torch.Tensor,
         y_lens: torch.Tensor,
         token_level: bool,
+        nbest: int = 0,
     ) -> KdTargets:
         """The teacher's outputs on a batch.
 
@@ -180,6 +189,8 @@ class KdTeacher:
           x: (N, T, F) features; x_lens (N,).
           y_padded: (N, U) reference ids padded with blank; y_lens (N,).
           token_level: also compute the teacher-forced token posteriors (--kd-seq-scale > 0).
+          nbest: K > 0: also the teacher's K best hypotheses of its beam search (beam K; up to 3
+            tokens per CIF vector for a transducer, decode.py's default).
         """
         encoder_out, encoder_out_lens = self.model.forward_encoder(x, x_lens)
         ctc = self.model.ctc_log_probs(encoder_out)
@@ -188,4 +199,27 @@ class KdTeacher:
             cif_out = self.model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
             logits = self.model.head.token_logits(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens)
             tokens = logits.float().log_softmax(dim=-1)
-        return KdTargets(ctc, encoder_out_lens, tokens)
+        hyps = []
+        if nbest > 0:
+            searched = beam_search(self.model, encoder_out, encoder_out_lens, beam_size=nbest, max_sym_per_frame=3)
+            references = [row[: int(n)].tolist() for row, n in zip(y_padded, y_lens)]
+            hyps = nbest_targets(searched, references, nbest)
+        return KdTargets(ctc, encoder_out_lens, tokens, hyps)
+
+
+def nbest_targets(searched: List[NBest], references: List[List[int]], k: int) -> List[List[List[int]]]:
+    """K lists of N token lists from N n-best lists: list j holds each utterance's j-th best
+    hypothesis. An utterance with fewer than K hypotheses repeats its best one; one whose best
+    hypothesis is empty (the teacher heard nothing) gets its reference instead, so that every
+    target has a token to integrate CIF towards.
+
+    Example: searched [[a, b], [c]] (hypotheses), k = 2 -> [[a, c], [b, c]].
+    """
+    out = []
+    for j in range(k):
+        row = []
+        for hyps, reference in zip(searched, references):
+            tokens = hyps[j].tokens if j < len(hyps) else (hyps[0].tokens if hyps else [])
+            row.append(list(tokens) if tokens else list(reference))
+        out.append(row)
+    return out

@@ -268,7 +268,7 @@ class CifModel(Protocol):
         only read) when `loss_config` turns distillation on, which adds "acd_loss" / "lrd_loss".
         `kd`: a trained teacher model's outputs on the batch (icefall_cif.kd.KdTargets); needed (and
         only read) when `loss_config` turns knowledge transfer on, which adds "kd_frame_loss" /
-        "kd_seq_loss".
+        "kd_seq_loss" / "kd_nbest_loss".
         """
 
     def forward_encoder(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -333,6 +333,8 @@ def loss_weights(model: CifModel, config: LossConfig, batch_idx_train: int) -> D
         distill["kd_frame_loss"] = config.kd_frame_scale
     if config.kd_seq_scale > 0:
         distill["kd_seq_loss"] = config.kd_seq_scale
+    if config.kd_nbest > 0:
+        distill["kd_nbest_loss"] = config.kd_seq_scale
     if config.acd_loss_scale > 0:
         distill["acd_loss"] = config.acd_loss_scale
     if config.lrd_loss_scale > 0:

@@ -206,13 +206,14 @@ def test_training_a_nar_student_from_an_ar_teacher(tiny_corpus: Corpus, teacher_
     options = NAR_STUDENT + tiny_corpus.data_options() + [
         "--exp-dir", str(exp), "--num-epochs", "1", "--log-interval", "1", "--kd-teacher-checkpoint",
         str(teacher_checkpoint), "--kd-frame-scale", "0.5", "--kd-seq-scale", "1.0", "--kd-temperature", "2",
+        "--kd-nbest", "2",
     ]
     train_in_process(options, tiny_corpus)
     records = [json.loads(line) for line in (exp / "log" / "records-train.jsonl").read_text().splitlines()]
     batches = [r["loss"] for r in records if r["event"] == "batch"]
-    assert batches and all(r["kd_frame_loss"] > 0 and r["kd_seq_loss"] > 0 for r in batches)
+    assert batches and all(r["kd_frame_loss"] > 0 and r["kd_seq_loss"] > 0 and r["kd_nbest_loss"] > 0 for r in batches)
     valid = [r for r in records if r["event"] == "valid"][-1]["loss"]
-    assert "kd_frame_loss" not in valid and "kd_seq_loss" not in valid  # validation leaves them out
+    assert not {"kd_frame_loss", "kd_seq_loss", "kd_nbest_loss"} & set(valid)  # validation leaves them out
     saved = torch.load(exp / "epoch-1.pt", weights_only=False)
     # Nothing of the teacher is saved with the student.
     assert saved["model_config"]["decoder_type"] == "cif_ce_nar"
@@ -232,3 +233,33 @@ def test_kd_options_errors_name_the_problem(tiny_corpus: Corpus, teacher_checkpo
                     "--kd-teacher-checkpoint", str(teacher_checkpoint)]
     with pytest.raises(ValueError, match=r"--kd-teacher-checkpoint .*pretrained.pt .*the same tokens"):
         train_in_process(other, tiny_corpus)
+
+
+def test_nbest_targets_repeat_short_lists_and_replace_empty_hypotheses():
+    from icefall_cif.decode.beam_search import Hypothesis
+    from icefall_cif.kd import nbest_targets
+
+    searched = [[Hypothesis([1, 2], -1.0), Hypothesis([1], -2.0)], [Hypothesis([3], -0.5)], [Hypothesis([], -0.1)]]
+    refs = [[9], [8], [7, 7]]
+    assert nbest_targets(searched, refs, 2) == [[[1, 2], [3], [7, 7]], [[1], [3], [7, 7]]]
+
+
+def test_nbest_loss_is_the_heads_loss_averaged_over_the_teachers_hypotheses():
+    teacher = KdTeacher(get_model(tiny_config("cif_transducer")))
+    student = get_model(tiny_config("cif_ce_nar")).eval()
+    x, x_lens, ys, y_padded, y_lens = tiny_batch()
+    config = LossConfig(kd_seq_scale=1.0, kd_nbest=2)
+    targets = teacher.targets(x, x_lens, y_padded, y_lens, token_level=True, nbest=2)
+    assert len(targets.nbest) == 2 and all(len(row) == 2 for row in targets.nbest)
+    losses = student(x, x_lens, ys, config, kd=targets)
+    expected = 0.0
+    frames = student.num_output_frames(x_lens).tolist()
+    for hyps in targets.nbest:
+        hyps = [h if len(h) <= f else ref for h, ref, f in zip(hyps, ys, frames)]
+        expected += student(x, x_lens, hyps, LossConfig())["ce_loss"] / 2
+    torch.testing.assert_close(losses["kd_nbest_loss"], expected)
+    with pytest.raises(ValueError, match="--kd-nbest .* needs --kd-seq-scale > 0"):
+        LossConfig(kd_nbest=2)
+    transducer_student = get_model(tiny_config("cif_transducer"))
+    with pytest.raises(ValueError, match="needs a head with one loss term"):
+        transducer_student(x, x_lens, ys, config, kd=targets)

@@ -117,11 +117,11 @@ def compute_loss(
         y_padded = pad_token_ids(y, inner.blank_id, device)
         y_lens = torch.tensor([len(t) for t in y], dtype=torch.int64, device=device)
         extra["kd"] = kd_teacher.targets(feature, feature_lens, y_padded, y_lens,
-                                         token_level=loss_config.kd_seq_scale > 0)
+                                         token_level=loss_config.kd_seq_scale > 0, nbest=loss_config.kd_nbest)
     losses = model(feature, feature_lens, y, loss_config, **extra)
     loss = weighted_loss(inner, losses, loss_config, params.batch_idx_train)
     info = MetricsTracker(normalizers={"ce_loss": "tokens", "token_ce_loss": "tokens", "cif_align_loss": "tokens",
-                                     "acd_loss": "tokens", "lrd_loss": "tokens", "kd_seq_loss": "tokens",
+                                     "acd_loss": "tokens", "lrd_loss": "tokens", "kd_seq_loss": "tokens", "kd_nbest_loss": "tokens",
                                      "cmlm_loss": "tokens", "quantity_loss": "utterances"})
     # The CIF frames the model integrates over: the per-frame loss normaliser.
     info["frames"] = float(inner.num_output_frames(feature_lens).sum())
@@ -194,7 +194,7 @@ def validate(
     compares with an undistilled one's.
     """
     loss_config = dataclasses.replace(loss_config, acd_loss_scale=0.0, lrd_loss_scale=0.0, kd_frame_scale=0.0,
-                                      kd_seq_scale=0.0)
+                                      kd_seq_scale=0.0, kd_nbest=0)
     model.eval()
     tot = MetricsTracker()
     errors = ref_units = 0

@@ -132,6 +132,8 @@ def knowledge_transfer_problems(params: AttributeDict) -> List[str]:
                         "use one kind of teacher")
     if params.kd_seq_scale > 0 and not params.cif_scale_weights:
         problems.append("--kd-seq-scale needs one CIF vector per token: drop --cif-scale-weights 0")
+    if params.kd_nbest < 0 or (params.kd_nbest > 0 and params.kd_seq_scale <= 0):
+        problems.append(f"--kd-nbest {params.kd_nbest}: must be >= 0, and > 0 needs --kd-seq-scale > 0 (its weight)")
     return problems
 
 

@@ -392,7 +392,7 @@ class CifAsrModel(nn.Module):
           when `loss_config.cif_align_loss_scale` > 0 or in eval mode, then the head's (`head.loss_names`:
           "simple_loss" and "pruned_loss", "ce_loss", or "cmlm_loss"), then "acd_loss" / "lrd_loss" when their
           scales are > 0 (sums over the valid tokens, see icefall_cif.distill), and "kd_frame_loss" /
-          "kd_seq_loss" when theirs are (icefall_cif.kd).
+          "kd_seq_loss" / "kd_nbest_loss" when theirs are (icefall_cif.kd).
         """
         if x.ndim != 3 or x_lens.shape != (x.size(0),) or len(y) != x.size(0):
             raise ValueError(
@@ -423,6 +423,8 @@ class CifAsrModel(nn.Module):
             losses["kd_frame_loss"] = frame_kd_loss(
                 ctc_log_probs, kd.ctc_log_probs, encoder_out_lens, loss_config.kd_temperature
             )
+        if loss_config.kd_nbest > 0:
+            losses["kd_nbest_loss"] = self._nbest_loss(kd, y, x_lens, encoder_out, encoder_out_lens, loss_config)
         head_inputs = (cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config)
         if not loss_config.distills:
             if loss_config.kd_seq_scale > 0:
@@ -449,6 +451,35 @@ class CifAsrModel(nn.Module):
                 num_negatives=loss_config.acd_num_negatives, temperature=loss_config.acd_temperature,
             )
         return losses
+
+    def _nbest_loss(
+        self,
+        kd: KdTargets,
+        y: List[List[int]],
+        x_lens: torch.Tensor,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        loss_config: LossConfig,
+    ) -> torch.Tensor:
+        """The head's loss on each of the teacher's K best hypotheses (CIF fitted to each one's
+        length), averaged over the K. A hypothesis with more tokens than its utterance has CIF
+        frames cannot be integrated towards; the reference stands in for it."""
+        if len(self.head.loss_names) != 1:
+            raise ValueError(f"--kd-nbest trains the student's decoder on the teacher's hypotheses and needs a head "
+                             f"with one loss term (cif_ce_ar, cif_ce_nar, mask_ctc), not {self.head.name}")
+        if len(kd.nbest) != loss_config.kd_nbest:
+            raise ValueError(f"--kd-nbest {loss_config.kd_nbest} but the teacher gave {len(kd.nbest)} hypotheses")
+        frames = self.num_output_frames(x_lens).tolist()
+        device = encoder_out.device
+        total = encoder_out.new_zeros(())
+        for hyps in kd.nbest:
+            targets = [h if len(h) <= f else ref for h, ref, f in zip(hyps, y, frames)]
+            y_padded = pad_token_ids(targets, self.blank_id, device)
+            y_lens = torch.tensor([len(t) for t in targets], dtype=torch.int64, device=device)
+            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+            (term,) = self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config).values()
+            total = total + term
+        return total / len(kd.nbest)
 
     def _check_kd(self, kd: Optional[KdTargets], encoder_out_lens: torch.Tensor, loss_config: LossConfig) -> KdTargets:
         """`kd`, after checking that it holds what the options need for this batch."""
