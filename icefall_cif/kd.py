@@ -28,13 +28,12 @@ from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
-from icefall_cif.checkpoint import load_safely
-from icefall_cif.config import config_from_dict
 from icefall_cif.decode.beam_search import NBest
 from icefall_cif.decode.search import beam_search
 from icefall_cif.model_contract import CifModel, check_model
+from icefall_cif.pretrained import load_pretrained
 from icefall_cif.recipe import Recipe
-from icefall_cif.tokenizer import Tokenizer, check_token_table
+from icefall_cif.tokenizer import Tokenizer, check_token_table, token_table
 from icefall_cif.utils import make_pad_mask
 
 
@@ -158,19 +157,13 @@ class KdTeacher:
         the architecture saved in it. Its token table must be the student's."""
         if not Path(checkpoint).is_file():
             raise FileNotFoundError(f"--kd-teacher-checkpoint {checkpoint}: no such file (write one with export.py)")
-        saved = load_safely(checkpoint)
-        missing = [k for k in ("model", "model_config", "token_table") if k not in saved]
-        if missing:
-            raise ValueError(f"--kd-teacher-checkpoint {checkpoint} lacks {missing}: use export.py's pretrained.pt "
-                             f"or a training checkpoint of this repository")
-        check_token_table(saved, tokenizer, f"--kd-teacher-checkpoint {checkpoint}",
-                          "teacher and student need the same tokens: train the teacher with this --lang-dir")
-        config = config_from_dict(recipe.model_config, saved["model_config"], str(checkpoint))
-        # The teacher's initial weights (overwritten below) come from a copy of the RNG: the
+        # The teacher's initial weights (overwritten by the load) come from a copy of the RNG: the
         # student's run draws the same random numbers as it would without a teacher.
         with torch.random.fork_rng(devices=[]):
-            model = recipe.get_model(config)
-        model.load_state_dict(saved["model"], strict=True)
+            model, teacher_tokenizer = load_pretrained(recipe, checkpoint)
+        check_token_table({"token_table": token_table(teacher_tokenizer)}, tokenizer,
+                          f"--kd-teacher-checkpoint {checkpoint}",
+                          "teacher and student need the same tokens: train the teacher with this --lang-dir")
         return cls(model.to(device), name=str(checkpoint))
 
     @torch.no_grad()

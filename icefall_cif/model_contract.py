@@ -34,6 +34,7 @@ from icefall_cif.cif import CifPredictorOutput
 from icefall_cif.config import LossConfig
 from icefall_cif.decode.mask_predict import MaskPredictOptions
 from icefall_cif.distill import TeacherFeatures
+from icefall_cif.utils import make_pad_mask
 
 if TYPE_CHECKING:  # icefall_cif.kd builds on this module
     from icefall_cif.kd import KdTargets
@@ -203,8 +204,7 @@ class DecoderHead(nn.Module, ABC):
         """
         losses = self.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
         logits = self.token_logits(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens)
-        valid = torch.arange(y_padded.size(1), device=y_lens.device) < y_lens.unsqueeze(1)
-        return losses, logits, valid
+        return losses, logits, ~make_pad_mask(y_lens, y_padded.size(1))
 
     def mask_predict_search(
         self,

@@ -358,9 +358,8 @@ class CeHead(DecoderHead):
         config: LossConfig,
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
         """The CE loss and the (N, U, d_model) decoder states its logits were projected from."""
-        states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
-        logits = self.ce_decoder.output_linear(states)
-        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states
+        losses, states, _ = self._training_pass(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
+        return losses, states
 
     def token_logits(
         self,
@@ -384,10 +383,22 @@ class CeHead(DecoderHead):
         config: LossConfig,
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """The CE loss, the (N, U, V) logits it was computed from, and the (N, U) valid positions."""
+        losses, _, logits = self._training_pass(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
+        return losses, logits, ~make_pad_mask(y_lens, y_padded.size(1))
+
+    def _training_pass(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        config: LossConfig,
+    ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """{"ce_loss"}, the (N, U, d_model) states and the (N, U, V) logits of one teacher-forced pass."""
         states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
         logits = self.ce_decoder.output_linear(states)
-        losses = {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}
-        return losses, logits, ~make_pad_mask(y_lens, y_padded.size(1))
+        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states, logits
 
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
@@ -402,10 +413,17 @@ def token_cross_entropy(
     Args:
       logits: (N, U, V); y_padded: (N, U) targets (any value at padding); y_lens: (N,).
     """
-    targets = y_padded.masked_fill(make_pad_mask(y_lens, y_padded.size(1)), -100)
+    return masked_cross_entropy(logits, y_padded, ~make_pad_mask(y_lens, y_padded.size(1)), label_smoothing)
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, y_padded: torch.Tensor, positions: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
+    """Label-smoothed CE of (N, U, V) logits against (N, U) targets, summed over the (N, U) bool
+    `positions` (the valid tokens, or Mask-CTC's masked ones)."""
     return F.cross_entropy(
         logits.reshape(-1, logits.size(-1)).float(),
-        targets.reshape(-1),
+        y_padded.masked_fill(~positions, -100).reshape(-1),
         ignore_index=-100,
         label_smoothing=label_smoothing,
         reduction="sum",

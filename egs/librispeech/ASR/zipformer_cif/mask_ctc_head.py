@@ -20,8 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from ce_decoder import _DecoderLayer, _key_padding_mask, sinusoidal_positions
+from ce_decoder import _DecoderLayer, _key_padding_mask, masked_cross_entropy, sinusoidal_positions
 
 from icefall_cif.cif import CifPredictorOutput
 from icefall_cif.config import LossConfig
@@ -127,20 +126,7 @@ def cmlm_loss(
       memory: (N, T, C) encoder frames; memory_lens: (N,).
     """
     logits = decoder(y_padded.masked_fill(hidden, MASK), y_lens, memory, memory_lens)
-    return hidden_cross_entropy(logits, y_padded, hidden, label_smoothing)
-
-
-def hidden_cross_entropy(
-    logits: torch.Tensor, y_padded: torch.Tensor, hidden: torch.Tensor, label_smoothing: float
-) -> torch.Tensor:
-    """Label-smoothed CE of (N, U, V) logits against (N, U) references at the (N, U) hidden positions, summed."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.size(-1)).float(),
-        y_padded.masked_fill(~hidden, -100).reshape(-1),
-        ignore_index=-100,
-        label_smoothing=label_smoothing,
-        reduction="sum",
-    )
+    return masked_cross_entropy(logits, y_padded, hidden, label_smoothing)
 
 
 class MaskCtcHead(DecoderHead):
@@ -207,7 +193,7 @@ class MaskCtcHead(DecoderHead):
         only ones it predicted (a knowledge-transfer student learns the teacher's posteriors there)."""
         hidden = sample_cmlm_mask(y_lens, y_padded.size(1))
         logits = self.cmlm(y_padded.masked_fill(hidden, MASK), y_lens, encoder_out, encoder_out_lens)
-        return {"cmlm_loss": hidden_cross_entropy(logits, y_padded, hidden, config.label_smoothing)}, logits, hidden
+        return {"cmlm_loss": masked_cross_entropy(logits, y_padded, hidden, config.label_smoothing)}, logits, hidden
 
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
