@@ -478,6 +478,10 @@ def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Mo
         raise ValueError(f"The model in {params.exp_dir} has decoder type {config.decoder_type}; export-onnx.py "
                          f"has layouts for {list(SUPPORTED_DECODER_TYPES)} only: run it with decode.py, or with "
                          f"export.py and pretrained.py")
+    if getattr(config, "cif_segmentation", "fire") != "fire":
+        raise ValueError(f"The model in {params.exp_dir} cuts its CIF vectors at the CTC spikes "
+                         f"(cif_segmentation={config.cif_segmentation}); export-onnx.py exports integrate-and-fire "
+                         f"only: run it with decode.py, or with export.py and pretrained.py")
     model, config = inference_model(recipe, config, state, params)
     suffix = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
     return model.eval(), suffix, config.feature_dim

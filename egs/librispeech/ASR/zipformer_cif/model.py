@@ -47,6 +47,7 @@ from icefall_cif.config import LossConfig
 from icefall_cif.distill import DistillProjections, TeacherFeatures, acd_loss, lrd_loss
 from icefall_cif.kd import KdTargets, frame_kd_loss, token_kd_loss
 from icefall_cif.model_contract import DecoderHead
+from icefall_cif.segments import ctc_greedy_spikes, fill_missing_spikes, pool_segments
 from icefall_cif.utils import make_pad_mask, pad_token_ids
 
 # The decoder types. Besides the DecoderHead methods, a head class provides
@@ -114,6 +115,14 @@ class ModelConfig:
         metadata={"help": "Give the weight predictor the CTC head's non-blank probability (summed over "
                           "each CIF frame's encoder frames, no gradient into the CTC head) as an extra input."},
     )
+    cif_segmentation: str = field(
+        default="fire",
+        metadata={"help": "Where one token's CIF vector ends and the next begins: 'fire' (integrate-and-fire "
+                          "on the predicted weights) or 'ctc' (one vector per CTC spike, between the midpoints "
+                          "to the neighbouring spikes, pooled with the weights: the forced alignment of the "
+                          "reference in training, the CTC greedy path at decoding; icefall_cif/segments.py).",
+                  "choices": ("fire", "ctc")},
+    )
     cif_threshold: float = field(default=0.99, metadata={"help": "CIF firing threshold beta."})
     tail_threshold: float = field(
         default=0.5,
@@ -158,6 +167,7 @@ class CifAsrModel(nn.Module):
         head: DecoderHead,
         cif_downsample: int = 2,
         distill: Optional[DistillProjections] = None,
+        cif_segmentation: str = "fire",
     ):
         """
         Args:
@@ -170,8 +180,12 @@ class CifAsrModel(nn.Module):
           head: the decoder over the CIF vectors; its blank_id and vocab_size are the model's.
           cif_downsample: extra downsampling of the encoder output before CIF (1 = none).
           distill: the distillation projections (training only), or None.
+          cif_segmentation: "fire" (integrate-and-fire) or "ctc" (segments around the CTC
+            head's spikes, icefall_cif.segments).
         """
         super().__init__()
+        if cif_segmentation not in ("fire", "ctc"):
+            raise ValueError(f"cif_segmentation must be 'fire' or 'ctc', got '{cif_segmentation}'")
         if cif_downsample < 1:
             raise ValueError(f"cif_downsample must be >= 1 (1 = no extra downsampling), got {cif_downsample}")
         self.vocab_size = head.vocab_size
@@ -189,6 +203,7 @@ class CifAsrModel(nn.Module):
             else None
         )
         self.cif_predictor = cif_predictor
+        self.cif_segmentation = cif_segmentation
         self.ctc_output = ctc_output
         self.head = head
         self.distill = distill
@@ -281,21 +296,44 @@ class CifAsrModel(nn.Module):
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         target_lengths: Optional[torch.Tensor] = None,
+        targets: Optional[torch.Tensor] = None,
     ) -> CifPredictorOutput:
         """Extra downsampling + CIF.
 
         Args:
           encoder_out: (N, T', C) from `forward_encoder`.
           encoder_out_lens: (N,).
-          target_lengths: (N,) token counts in training (weights scaled to fire exactly U_i
-            times); None at inference (raw weights, tail handling).
+          target_lengths: (N,) token counts in training (exactly U_i vectors: the weights
+            scaled to fire U_i times, or with `cif_segmentation` "ctc" the U_i reference tokens
+            aligned by the CTC head); None at inference (raw weights and tail handling, or the
+            CTC greedy path's tokens).
+          targets: (N, U) the padded reference token ids; needed with target_lengths when
+            `cif_segmentation` is "ctc", ignored otherwise.
         Returns:
           CifPredictorOutput with cif (N, U, C), cif_lens (N,), alpha (N, T''),
           fire_frames (N, U) (frame index at the CIF rate, T'' = ceil(T'/cif_downsample_factor);
           -1 at padding) and quantity_loss (None without targets).
         """
         h, h_lens = self.downsample_for_cif(encoder_out, encoder_out_lens)
-        return self.cif_predictor(h, h_lens, target_lengths, self.predictor_side_input(encoder_out, encoder_out_lens))
+        side_input = self.predictor_side_input(encoder_out, encoder_out_lens)
+        if self.cif_segmentation == "fire":
+            return self.cif_predictor(h, h_lens, target_lengths, side_input)
+        alpha = self.cif_predictor.compute_weights(h, h_lens, side_input)
+        with torch.no_grad():
+            log_probs = self.ctc_log_probs(encoder_out)
+            if target_lengths is None:
+                spikes = ctc_greedy_spikes(log_probs, encoder_out_lens, self.blank_id)
+                num_tokens = (spikes >= 0).sum(dim=1)
+            else:
+                if targets is None:
+                    raise ValueError("cif_segmentation 'ctc' aligns the reference tokens in training: "
+                                     "pass targets (N, U) with target_lengths")
+                num_tokens = target_lengths.to(encoder_out.device)
+                aligned = ctc_forced_align(log_probs, encoder_out_lens, targets, num_tokens, self.blank_id)
+                spikes = fill_missing_spikes(aligned, num_tokens, encoder_out_lens)
+        out = pool_segments(h, alpha, h_lens, spikes, num_tokens, self.cif_downsample_factor)
+        quantity = None if target_lengths is None else quantity_loss(alpha, num_tokens)
+        return CifPredictorOutput(out.cif, out.cif_lens, alpha, out.fire_frames, quantity)
 
     def forward_cif_as_decoded(
         self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, y_lens: torch.Tensor
@@ -307,6 +345,9 @@ class CifAsrModel(nn.Module):
         merged into one when the fire count is off. An utterance that fires nothing gets one
         zero vector, so that every utterance has a lattice.
         """
+        if self.cif_segmentation != "fire":
+            raise ValueError("--cif-scale-weights 0 trains on the fires of integrate-and-fire; "
+                             "it cannot be combined with --cif-segmentation ctc")
         if not self.head.scores_any_length:
             raise ValueError(
                 f"--cif-scale-weights 0 needs a decoder that reads any number of CIF vectors; "
@@ -407,7 +448,7 @@ class CifAsrModel(nn.Module):
         ctc_log_probs = self.ctc_log_probs(encoder_out)
         ctc_loss = self.forward_ctc(ctc_log_probs, encoder_out_lens, y_padded, y_lens)
         if loss_config.cif_scale_weights:
-            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y_padded)
         else:
             cif_out = self.forward_cif_as_decoded(encoder_out, encoder_out_lens, y_lens)
         losses = {"ctc_loss": ctc_loss, "quantity_loss": cif_out.quantity_loss}
@@ -476,7 +517,7 @@ class CifAsrModel(nn.Module):
             targets = [h if len(h) <= f else ref for h, ref, f in zip(hyps, y, frames)]
             y_padded = pad_token_ids(targets, self.blank_id, device)
             y_lens = torch.tensor([len(t) for t in targets], dtype=torch.int64, device=device)
-            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y_padded)
             (term,) = self.head.loss(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, loss_config).values()
             total = total + term
         return total / len(kd.nbest)
@@ -592,6 +633,7 @@ def get_model(config: ModelConfig) -> CifAsrModel:
         head=head,
         cif_downsample=config.cif_downsample,
         distill=distill,
+        cif_segmentation=config.cif_segmentation,
     )
 
 
