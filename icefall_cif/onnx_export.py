@@ -39,6 +39,7 @@ from icefall_cif.cif_dense import dense_integrate_and_fire
 from icefall_cif.decode.loop import add_model_selection_arguments, model_config_for_decoding, select_model_weights
 from icefall_cif.export import inference_model
 from icefall_cif.recipe import Recipe
+from icefall_cif.segments import ctc_greedy_spikes, pool_segments
 from icefall_cif.tokenizer import Tokenizer, check_token_table, read_tokens_txt
 from icefall_cif.utils import AttributeDict
 
@@ -54,7 +55,8 @@ class CifFrontEnd(nn.Module):
     """Zipformer, extra downsampling, weight predictor and dense CIF, as in inference.
 
     The shared first part of every encoder graph; `forward_cif` of the model with
-    `dense_integrate_and_fire` in place of `integrate_and_fire`.
+    `dense_integrate_and_fire` in place of `integrate_and_fire` (with `cif_segmentation`
+    "ctc", the CTC head's greedy spikes and `pool_segments`, which are dense already).
     """
 
     def __init__(self, model: nn.Module):
@@ -76,7 +78,12 @@ class CifFrontEnd(nn.Module):
         h, h_lens = self.model.downsample_for_cif(encoder_out, encoder_out_lens)
         side_input = self.model.predictor_side_input(encoder_out, encoder_out_lens)
         alpha = self.model.cif_predictor.compute_weights(h, h_lens, side_input)
-        cif = dense_integrate_and_fire(h, alpha, h_lens, self.threshold, self.tail_threshold)
+        if getattr(self.model, "cif_segmentation", "fire") == "ctc":
+            spikes = ctc_greedy_spikes(self.model.ctc_log_probs(encoder_out), encoder_out_lens, self.model.blank_id)
+            num_tokens = (spikes >= 0).sum(dim=1)
+            cif = pool_segments(h, alpha, h_lens, spikes, num_tokens, self.model.cif_downsample_factor)
+        else:
+            cif = dense_integrate_and_fire(h, alpha, h_lens, self.threshold, self.tail_threshold)
         return encoder_out, encoder_out_lens, cif.cif, cif.cif_lens, cif.fire_frames
 
 
@@ -478,10 +485,6 @@ def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Mo
         raise ValueError(f"The model in {params.exp_dir} has decoder type {config.decoder_type}; export-onnx.py "
                          f"has layouts for {list(SUPPORTED_DECODER_TYPES)} only: run it with decode.py, or with "
                          f"export.py and pretrained.py")
-    if getattr(config, "cif_segmentation", "fire") != "fire":
-        raise ValueError(f"The model in {params.exp_dir} cuts its CIF vectors at the CTC spikes "
-                         f"(cif_segmentation={config.cif_segmentation}); export-onnx.py exports integrate-and-fire "
-                         f"only: run it with decode.py, or with export.py and pretrained.py")
     model, config = inference_model(recipe, config, state, params)
     suffix = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
     return model.eval(), suffix, config.feature_dim

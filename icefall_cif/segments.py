@@ -49,13 +49,15 @@ def ctc_greedy_spikes(log_probs: torch.Tensor, log_prob_lens: torch.Tensor, blan
     valid = torch.arange(T, device=best.device).unsqueeze(0) < log_prob_lens.to(best.device).unsqueeze(1)
     previous = torch.nn.functional.pad(best[:, :-1], (1, 0), value=blank)
     starts = valid & (best != blank) & (best != previous)
-    counts = starts.sum(dim=1)
-    U = int(counts.max()) if N > 0 else 0
-    frames = torch.full((N, U), -1, dtype=torch.int64, device=best.device)
-    rows, cols = starts.nonzero(as_tuple=True)
-    slot = torch.cumsum(starts, dim=1)[rows, cols] - 1
-    frames[rows, slot] = cols
-    return frames
+    if N == 0:
+        return torch.zeros(0, 0, dtype=torch.int64, device=best.device)
+    # Dense, so that the ONNX export traces it with a dynamic number of tokens: token k starts
+    # at the first frame where k tokens have started, i.e. after the frames where fewer have.
+    started = torch.cumsum(starts.to(torch.int64), dim=1)  # (N, T)
+    counts = started[:, -1]
+    k = torch.arange(1, counts.max() + 1, device=best.device).view(1, -1, 1)  # (1, U, 1)
+    first = (started.unsqueeze(1) < k).to(torch.int64).sum(dim=2)  # (N, U)
+    return torch.where(k.squeeze(2) <= counts.unsqueeze(1), first, torch.full_like(first, -1))
 
 
 def fill_missing_spikes(spikes: torch.Tensor, num_tokens: torch.Tensor, encoder_lens: torch.Tensor) -> torch.Tensor:

@@ -425,3 +425,31 @@ def test_onnx_encoder_of_a_model_with_the_ctc_input_channel(tmp_path):
     got = session.run(None, {"x": x.numpy(), "x_lens": x_lens.numpy()})
     assert got[1].tolist() == expected[1].tolist()
     np.testing.assert_allclose(got[0], expected[0], atol=ENCODER_ATOL, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_onnx_encoder_of_a_model_with_ctc_segmentation(tmp_path):
+    """`--cif-segmentation ctc`: the CTC greedy spikes and the pooled segments are in the graph,
+    with a dynamic number of tokens, and give the vectors of `forward_cif`."""
+    from test_model import small_config
+
+    from icefall_cif import onnx_export
+    from model import get_model
+
+    torch.manual_seed(0)
+    model = get_model(small_config("cif_transducer", cif_segmentation="ctc")).eval()
+    files = onnx_export.export_onnx(model, tmp_path, "epoch-1-avg-1", max_sym_per_frame=2)
+    session = ort.InferenceSession(str(files[0]), providers=["CPUExecutionProvider"])
+    wrapper = onnx_export.TransducerEncoder(model, 2).eval()
+    for lens, seed in (([300, 120], 7), ([90], 8), ([160, 250, 40], 9)):
+        x, x_lens = features(lens, seed), torch.tensor(lens)
+        with torch.no_grad():
+            expected = [t.numpy() for t in wrapper(x, x_lens)]
+            enc, enc_lens = model.forward_encoder(x, x_lens)
+            cif = model.forward_cif(enc, enc_lens)
+        assert (expected[1] // 2).tolist() == cif.cif_lens.tolist()
+        proj = model.head.joiner.encoder_proj(cif.cif).detach().numpy()
+        np.testing.assert_allclose(expected[0][:, ::2], proj, atol=1e-5, rtol=0)
+        got = session.run(None, {"x": x.numpy(), "x_lens": x_lens.numpy()})
+        assert got[1].tolist() == expected[1].tolist()
+        np.testing.assert_allclose(got[0], expected[0], atol=ENCODER_ATOL, rtol=0)
