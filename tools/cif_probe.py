@@ -9,8 +9,6 @@ For each utterance the CTC head's Viterbi path through the reference gives each 
 - `cif_next`: CIF vector u + 1, the one a vector that straddles two tokens would leak into;
 - `down`: the 12.5 Hz frame (after the extra downsampling) that holds the spike;
 - `cif_context`: CIF vectors u - 1, u and u + 1 side by side (is the token spread over them?);
-- `segment_spike`: the 25 Hz encoder frame of highest CTC non-blank probability among the frames
-  CIF vector u integrates (what pooling a CIF segment by its CTC spike would give);
 - `ctc_segments`: the CTC-anchored vector of icefall_cif.segments (segments between the
   midpoints of the forced-alignment spikes, pooled with the model's CIF weights).
 
@@ -43,7 +41,7 @@ from icefall_cif.pretrained import load_pretrained  # noqa: E402
 from icefall_cif.segments import pool_segments  # noqa: E402
 from icefall_cif.tokenizer import Tokenizer  # noqa: E402
 
-FEATURES = ("spike", "cif", "cif_next", "down", "cif_context", "segment_spike", "ctc_segments")
+FEATURES = ("spike", "cif", "cif_next", "down", "cif_context", "ctc_segments")
 
 
 @torch.no_grad()
@@ -82,15 +80,10 @@ def collect(model, tokenizer: Tokenizer, manifest: Path, every: int) -> Tuple[Di
         # neighbour when a fire splits a frame's weight), i.e. these 25 Hz encoder frames:
         starts = d * torch.cat([torch.zeros(1, dtype=torch.int64), fires[:-1]])
         ends = torch.minimum(d * fires + d - 1, encoder_out_lens[0] - 1)
-        non_blank = 1.0 - log_probs[0, :, model.blank_id].exp()
-        frames = torch.arange(encoder_out.size(1))
-        inside = (frames[None, :] >= starts[:, None]) & (frames[None, :] <= ends[:, None])  # (U, T')
-        pooled = non_blank[None, :].masked_fill(~inside, -1.0).argmax(dim=1)
         own_segment += int(((spikes >= starts) & (spikes <= ends)).sum())
         zero = cif.new_zeros(1, cif.size(1))
         rows["down"].append(h[0, spikes // d])
         rows["cif_context"].append(torch.cat([torch.cat([zero, cif[:-1]]), cif, torch.cat([cif[1:], zero])], dim=1))
-        rows["segment_spike"].append(encoder_out[0, pooled])
         anchored = pool_segments(h, out.alpha, torch.tensor([h.size(1)]), spikes[None], y_lens, d)
         rows["ctc_segments"].append(anchored.cif[0])
         rows["spike"].append(encoder_out[0, spikes])
