@@ -39,7 +39,6 @@ from icefall_cif.cif_dense import dense_integrate_and_fire
 from icefall_cif.decode.loop import add_model_selection_arguments, model_config_for_decoding, select_model_weights
 from icefall_cif.export import inference_model
 from icefall_cif.recipe import Recipe
-from icefall_cif.segments import ctc_greedy_spikes, pool_segments
 from icefall_cif.tokenizer import Tokenizer, check_token_table, read_tokens_txt
 from icefall_cif.utils import AttributeDict
 
@@ -56,7 +55,7 @@ class CifFrontEnd(nn.Module):
 
     The shared first part of every encoder graph; `forward_cif` of the model with
     `dense_integrate_and_fire` in place of `integrate_and_fire` (with `cif_segmentation`
-    "ctc", the CTC head's greedy spikes and `pool_segments`, which are dense already).
+    "ctc", `forward_cif` itself).
     """
 
     def __init__(self, model: nn.Module):
@@ -75,14 +74,13 @@ class CifFrontEnd(nn.Module):
           fire_frames (N, U) at the CIF frame rate (-1 at padding).
         """
         encoder_out, encoder_out_lens = self.model.forward_encoder(x, x_lens)
-        h, h_lens = self.model.downsample_for_cif(encoder_out, encoder_out_lens)
-        side_input = self.model.predictor_side_input(encoder_out, encoder_out_lens)
-        alpha = self.model.cif_predictor.compute_weights(h, h_lens, side_input)
-        if getattr(self.model, "cif_segmentation", "fire") == "ctc":
-            spikes = ctc_greedy_spikes(self.model.ctc_log_probs(encoder_out), encoder_out_lens, self.model.blank_id)
-            num_tokens = (spikes >= 0).sum(dim=1)
-            cif = pool_segments(h, alpha, h_lens, spikes, num_tokens, self.model.cif_downsample_factor)
+        if self.model.cif_segmentation == "ctc":
+            # The CTC-cut path of forward_cif is dense tensor algebra already: it traces as it is.
+            cif = self.model.forward_cif(encoder_out, encoder_out_lens)
         else:
+            h, h_lens = self.model.downsample_for_cif(encoder_out, encoder_out_lens)
+            side_input = self.model.predictor_side_input(encoder_out, encoder_out_lens)
+            alpha = self.model.cif_predictor.compute_weights(h, h_lens, side_input)
             cif = dense_integrate_and_fire(h, alpha, h_lens, self.threshold, self.tail_threshold)
         return encoder_out, encoder_out_lens, cif.cif, cif.cif_lens, cif.fire_frames
 

@@ -49,9 +49,8 @@ def collect(model, tokenizer: Tokenizer, manifest: Path, every: int) -> Tuple[Di
     """Per-token features of every `every`-th cut of `manifest`.
 
     Returns ({feature: (M, C)}, token ids (M,), CTC-argmax hits at the spikes, spikes inside
-    their own CIF vector's frames); `cif_next`
-    rows exist for all but each utterance's last token, so it is returned with its own targets
-    under the key "cif_next_targets".
+    their own CIF vector's frames); `cif_next` rows exist for all but each utterance's last
+    token, so it is returned with its own targets under the key "cif_next_targets".
     """
     rows: Dict[str, List[torch.Tensor]] = {name: [] for name in FEATURES}
     targets: List[torch.Tensor] = []
@@ -72,7 +71,7 @@ def collect(model, tokenizer: Tokenizer, manifest: Path, every: int) -> Tuple[Di
         spikes = ctc_forced_align(log_probs, encoder_out_lens, y_padded, y_lens, model.blank_id)[0]
         if bool((spikes < 0).any()):
             continue  # the CTC head cannot align this reference (too few frames)
-        out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+        out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y_padded)
         cif, fires = out.cif[0], out.fire_frames[0]
         h, _ = model.downsample_for_cif(encoder_out, encoder_out_lens)
         token_ids = torch.tensor(y)
@@ -125,7 +124,6 @@ def main() -> None:
     tokenizer = Tokenizer.from_lang_dir(args.lang_dir)
     for checkpoint in args.checkpoints:
         model, _ = load_pretrained(RECIPE, checkpoint)
-        model.eval()
         train, train_y, _, _ = collect(model, tokenizer, args.train_cuts, args.train_every)
         test, test_y, ctc_hits, own_segment = collect(model, tokenizer, args.test_cuts, 1)
         print(f"{checkpoint}: {len(train_y)} training tokens, {len(test_y)} test tokens")
