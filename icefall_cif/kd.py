@@ -189,7 +189,9 @@ class KdTeacher:
         ctc = self.model.ctc_log_probs(encoder_out)
         tokens = None
         if token_level:
-            cif_out = self.model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+            cif_out = self.model.forward_cif(
+                encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y_padded, ctc_log_probs=ctc
+            )
             logits = self.model.head.token_logits(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens)
             tokens = logits.float().log_softmax(dim=-1)
         hyps = []

@@ -279,8 +279,13 @@ class CifModel(Protocol):
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         target_lengths: Optional[torch.Tensor] = None,
+        targets: Optional[torch.Tensor] = None,
+        ctc_log_probs: Optional[torch.Tensor] = None,
     ) -> CifPredictorOutput:
-        """CIF over the encoder frames; with target_lengths (training) it fires exactly that often."""
+        """CIF over the encoder frames; with target_lengths (training) it yields exactly that many
+        vectors. targets (N, U): the padded reference, which a model that cuts its vectors at the
+        CTC head's forced alignment needs in training. ctc_log_probs (N, T', V): the CTC head's
+        output on encoder_out when the caller has it, so that such a model need not recompute it."""
 
     def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
         """(N, T', C) -> (N, T', V) CTC log-probs."""

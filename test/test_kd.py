@@ -103,12 +103,12 @@ def test_bad_shapes_and_temperature_are_errors_that_say_why():
 VOCAB = 20
 
 
-def tiny_config(decoder_type: str, encoder_dim: str = "48,48") -> ModelConfig:
+def tiny_config(decoder_type: str, encoder_dim: str = "48,48", cif_segmentation: str = "fire") -> ModelConfig:
     return ModelConfig(
         vocab_size=VOCAB, encoder_config="tiny", num_encoder_layers="1,1", downsampling_factor="1,2",
         encoder_dim=encoder_dim, feedforward_dim="96,96", encoder_unmasked_dim="32,32", cnn_module_kernel="7,7",
         num_heads="2", decoder_type=decoder_type, decoder_dim=32, joiner_dim=32, ce_decoder_dim=32,
-        ce_decoder_layers=1, ce_decoder_heads=2, cif_hidden_dim=32,
+        ce_decoder_layers=1, ce_decoder_heads=2, cif_hidden_dim=32, cif_segmentation=cif_segmentation,
     )
 
 
@@ -147,6 +147,20 @@ def test_model_kd_losses_are_the_formulas_on_the_students_own_pass(student_type,
     expected_seq = token_kd_loss(logits, targets.token_log_probs, positions, 0, 2.0)
     torch.testing.assert_close(losses["kd_seq_loss"], expected_seq)
     assert expected_frame > 0 and expected_seq > 0
+
+
+def test_a_teacher_that_cuts_at_the_ctc_spikes_scores_the_reference_it_is_given():
+    # Such a teacher aligns the reference to place its vectors; the token posteriors are those
+    # of its head on exactly those vectors.
+    teacher = KdTeacher(get_model(tiny_config("cif_ce_nar", cif_segmentation="ctc")))
+    x, x_lens, ys, y_padded, y_lens = tiny_batch()
+    targets = teacher.targets(x, x_lens, y_padded, y_lens, token_level=True)
+    model = teacher.model
+    with torch.no_grad():
+        enc, enc_lens = model.forward_encoder(x, x_lens)
+        cif_out = model.forward_cif(enc, enc_lens, target_lengths=y_lens, targets=y_padded)
+        logits = model.head.token_logits(cif_out, enc, enc_lens, y_padded, y_lens)
+    torch.testing.assert_close(targets.token_log_probs, logits.log_softmax(dim=-1))
 
 
 def test_model_kd_losses_vanish_for_a_student_equal_to_its_teacher():

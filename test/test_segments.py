@@ -119,9 +119,29 @@ def test_ctc_segmentation_in_the_model():
         valid = aligned >= 0
         assert torch.equal(trained.fire_frames[valid], aligned[valid] // 2)
         greedy_search(model, enc, enc_lens)  # the searches run on these vectors
+    # Given log-probs are where the spikes come from: blank everywhere but frames 1, 4 and 6.
+    forced = torch.full_like(log_probs, -30.0)
+    forced[..., model.blank_id] = 0.0
+    for frame, token in ((1, 3), (4, 5), (6, 3)):
+        forced[:, frame, model.blank_id], forced[:, frame, token] = -30.0, 0.0
+    given = model.forward_cif(enc, enc_lens, ctc_log_probs=forced)
+    assert given.cif_lens.tolist() == [3, 3, 3]
+    assert given.fire_frames.tolist() == [[0, 2, 3]] * 3
     with pytest.raises(ValueError, match="pass targets"):
         model.forward_cif(enc, enc_lens, target_lengths=y_lens)
     with pytest.raises(ValueError, match="cif-segmentation ctc"):
         model.train()(x, x_lens, ys, LossConfig(cif_scale_weights=False))
     with pytest.raises(ValueError, match="cif_segmentation must be"):
         get_model(small_config("cif_transducer", cif_segmentation="spikes"))
+
+
+def test_training_cuts_at_the_alignment_of_the_ctc_loss_own_log_probs(monkeypatch):
+    # One pass of the CTC head per batch: a second one would draw another dropout mask, so the
+    # vectors would be cut at spikes that the CTC loss never saw.
+    model = get_model(small_config("cif_ce_nar", cif_segmentation="ctc")).train()
+    x, x_lens, ys = random_batch(2, torch.Generator().manual_seed(4))
+    calls = []
+    head_pass = model.ctc_log_probs
+    monkeypatch.setattr(model, "ctc_log_probs", lambda enc: calls.append(1) or head_pass(enc))
+    model(x, x_lens, ys, LossConfig())
+    assert len(calls) == 1

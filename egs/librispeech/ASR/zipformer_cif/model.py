@@ -297,6 +297,7 @@ class CifAsrModel(nn.Module):
         encoder_out_lens: torch.Tensor,
         target_lengths: Optional[torch.Tensor] = None,
         targets: Optional[torch.Tensor] = None,
+        ctc_log_probs: Optional[torch.Tensor] = None,
     ) -> CifPredictorOutput:
         """Extra downsampling + CIF.
 
@@ -309,6 +310,10 @@ class CifAsrModel(nn.Module):
             CTC greedy path's tokens).
           targets: (N, U) the padded reference token ids; needed with target_lengths when
             `cif_segmentation` is "ctc", ignored otherwise.
+          ctc_log_probs: (N, T', V) the CTC head's output on `encoder_out`, when the caller has
+            it: with `cif_segmentation` "ctc" the spikes are read from it (detached) rather than
+            from a second pass of the head, which in training would draw a new dropout mask and
+            cut at spikes the CTC loss never saw. Ignored with "fire".
         Returns:
           CifPredictorOutput with cif (N, U, C), cif_lens (N,), alpha (N, T''),
           fire_frames (N, U) (frame index at the CIF rate, T'' = ceil(T'/cif_downsample_factor);
@@ -320,7 +325,7 @@ class CifAsrModel(nn.Module):
             return self.cif_predictor(h, h_lens, target_lengths, side_input)
         alpha = self.cif_predictor.compute_weights(h, h_lens, side_input)
         with torch.no_grad():
-            log_probs = self.ctc_log_probs(encoder_out)
+            log_probs = self.ctc_log_probs(encoder_out) if ctc_log_probs is None else ctc_log_probs.detach()
             if target_lengths is None:
                 spikes = ctc_greedy_spikes(log_probs, encoder_out_lens, self.blank_id)
                 num_tokens = (spikes >= 0).sum(dim=1)
@@ -448,7 +453,9 @@ class CifAsrModel(nn.Module):
         ctc_log_probs = self.ctc_log_probs(encoder_out)
         ctc_loss = self.forward_ctc(ctc_log_probs, encoder_out_lens, y_padded, y_lens)
         if loss_config.cif_scale_weights:
-            cif_out = self.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y_padded)
+            cif_out = self.forward_cif(
+                encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y_padded, ctc_log_probs=ctc_log_probs
+            )
         else:
             cif_out = self.forward_cif_as_decoded(encoder_out, encoder_out_lens, y_lens)
         losses = {"ctc_loss": ctc_loss, "quantity_loss": cif_out.quantity_loss}
