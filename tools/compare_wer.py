@@ -7,8 +7,12 @@ recogs-*.txt files; each further file is compared with the first:
     tools/compare_wer.py exp/greedy_search/recogs-test-clean-greedy_search-epoch-7-avg-3-use-averaged-model.txt \\
         exp/ctc_greedy_search/recogs-test-clean-ctc_greedy_search-epoch-7-avg-3-use-averaged-model.txt
 
-prints, per pair, "A 25.68 B 23.11: A - B +2.57 [-0.40, +5.60], P(A better) 0.04, 101 utterances":
-a 95% interval that contains 0 means the test set cannot tell the two apart.
+prints, per pair (here the CTC-cut demo model of RESULTS.md, test-clean):
+
+    A 25.68 B 23.11: A - B +2.58 [+0.46, +4.64], P(A better) 0.008, 101 utterances  (B = recogs-...)
+
+The difference is computed from the unrounded rates. A 95% interval that contains 0 means the
+test set cannot tell the two apart.
 """
 import argparse
 import sys
