@@ -39,6 +39,9 @@ esac
 : "${CIF_SEGMENTATION:=ctc}"
 # Extra train.py options for experiments, e.g. TRAIN_OPTS="--cif-align-loss-scale 1.0".
 : "${TRAIN_OPTS:=}"
+# Extra synthesis options (python -m icefall_cif.synth --help), e.g. SYNTH_OPTS="--bigram-successors 8"
+# for sentences of a random bigram language instead of independent words.
+: "${SYNTH_OPTS:=}"
 
 case "$corpus" in
   librispeech)
@@ -91,7 +94,7 @@ log "Demo of the $corpus recipe (DEMO_SCALE=$scale, on $device): $SYNTH_HOURS h 
 
 # prepare.sh skips every stage whose done-marker exists, so a corpus synthesized with other
 # settings (say, by the default scale before DEMO_SCALE=large) would silently be reused.
-corpus_settings="$corpus hours=$SYNTH_HOURS dev=$SYNTH_DEV_HOURS test=$SYNTH_TEST_HOURS seed=$SYNTH_SEED vocab=$SYNTH_VOCAB"
+corpus_settings="$corpus hours=$SYNTH_HOURS dev=$SYNTH_DEV_HOURS test=$SYNTH_TEST_HOURS seed=$SYNTH_SEED vocab=$SYNTH_VOCAB${SYNTH_OPTS:+ opts=$SYNTH_OPTS}"
 stamp=data/.demo-corpus
 if [ -e data/.corpus.done ] && [ "$(cat "$stamp" 2>/dev/null)" != "$corpus_settings" ]; then
   if [ ! -e "$stamp" ]; then
@@ -105,7 +108,7 @@ fi
 
 timed "data: synthesize + prepare.sh" ./prepare.sh --stage 0 --stop-stage 3 --synthetic 1 \
   --synth-hours "$SYNTH_HOURS" --synth-dev-hours "$SYNTH_DEV_HOURS" --synth-test-hours "$SYNTH_TEST_HOURS" \
-  --synth-seed "$SYNTH_SEED" --synth-opts "--vocab-size $SYNTH_VOCAB" --perturb-speed 0 \
+  --synth-seed "$SYNTH_SEED" --synth-opts "--vocab-size $SYNTH_VOCAB $SYNTH_OPTS" --perturb-speed 0 \
   --python "$python" "${prepare_opts[@]}"
 
 echo "$corpus_settings" > "$stamp"

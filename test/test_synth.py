@@ -155,6 +155,54 @@ def test_sentence_sampler_counts_characters_for_chinese():
     assert any(len(w) > 1 for w in words)
 
 
+def test_bigram_chain_sentences_follow_the_successor_table():
+    words = english_words(50)
+    weights = zipf_weights(words, "en")
+    chain = synth.BigramChain(weights, 3, np.random.default_rng(7))
+    assert chain.successors.shape == (50, 3)
+    assert all(len(set(row)) == 3 for row in chain.successors.tolist())
+    np.testing.assert_allclose(chain.probs, np.array([1, 1 / 2, 1 / 3]) / (11 / 6))
+    sampler = synth.SentenceSampler(words, weights, 5, 20, count_chars=False, chain=chain)
+    rng = np.random.default_rng(0)
+    index = {w: i for i, w in enumerate(words)}
+    pairs = [(index[a], index[b]) for s in (sampler(rng) for _ in range(2000)) for a, b in zip(s, s[1:])]
+    assert all(b in chain.successors[a] for a, b in pairs)
+    # The j-th successor is chosen with probability ~ 1 / (j + 1): within 5 sigma over all pairs.
+    rank = np.array([list(chain.successors[a]).index(b) for a, b in pairs])
+    counts = np.bincount(rank, minlength=3)
+    sigma = np.sqrt(len(pairs) * chain.probs * (1 - chain.probs))
+    assert np.all(np.abs(counts - len(pairs) * chain.probs) < 5 * sigma)
+    # The same seed draws the same language.
+    again = synth.BigramChain(weights, 3, np.random.default_rng(7))
+    assert np.array_equal(again.successors, chain.successors)
+    with pytest.raises(ValueError, match=r"--bigram-successors must lie in \[1, 50\]"):
+        synth.BigramChain(weights, 51, np.random.default_rng(0))
+
+
+def test_bigram_chain_keeps_chinese_lengths_exact():
+    words = chinese_words(300)
+    weights = zipf_weights(words, "zh")
+    chain = synth.BigramChain(weights, 4, np.random.default_rng(2))
+    sampler = synth.SentenceSampler(words, weights, 5, 20, count_chars=True, chain=chain)
+    rng = np.random.default_rng(3)
+    assert {len("".join(sampler(rng))) for _ in range(500)} == set(range(5, 21))
+
+
+def test_the_planner_uses_one_bigram_language_for_every_split(tmp_path):
+    config = synth.SynthConfig(vocab_size=40, min_words=3, max_words=6, bigram_successors=2)
+    layout = LibriSpeechLayout(tmp_path, config)
+    planner = synth.Planner(layout, config, ["en-us", "en-gb"], "espeak-ng")
+    chain = planner.sampler.chain
+    index = {w: i for i, w in enumerate(planner.sampler.words)}
+    for split in ("train", "dev", "test"):
+        stream = planner.sentences(split)
+        for _ in range(20):
+            s = next(stream)
+            assert all(index[b] in chain.successors[index[a]] for a, b in zip(s, s[1:]))
+    with pytest.raises(ValueError, match="--bigram-successors must lie in"):
+        synth.SynthConfig(vocab_size=40, bigram_successors=41).validate()
+
+
 def test_held_out_sentences_never_reach_train_even_with_a_tiny_vocabulary(tmp_path):
     # 6 words, 2-3 per sentence: 252 sentences in all, so train and dev would collide often
     # without the hash partition.

@@ -49,7 +49,7 @@ from icefall_cif.synth.planner import Planner, Speaker, partition_voices
 from icefall_cif.synth.render import SAMPLE_RATE, render_utterance
 from icefall_cif.synth.resample import PolyphaseResampler, resample
 from icefall_cif.synth.synthesize import synthesize, synthesize_aishell, synthesize_librispeech
-from icefall_cif.synth.text import SentenceSampler, sentence_split
+from icefall_cif.synth.text import BigramChain, SentenceSampler, sentence_split
 from icefall_cif.synth.wav import to_pcm16
 
 __all__ = [
@@ -62,6 +62,7 @@ __all__ = [
     "VARIANTS",
     "Planner",
     "PolyphaseResampler",
+    "BigramChain",
     "SentenceSampler",
     "Speaker",
     "SplitSummary",

@@ -57,6 +57,13 @@ def get_parser() -> argparse.ArgumentParser:
         default=d.zipf_exponent,
         help="word probability ~ frequency**exponent (0: uniform); %(default)s",
     )
+    text.add_argument(
+        "--bigram-successors",
+        type=int,
+        default=d.bigram_successors,
+        help="K > 0: a random bigram language, each word followed by one of K fixed words, so that "
+        "a decoder's label context has something to learn; 0: independent words; %(default)s",
+    )
     voice = parser.add_argument_group("voices")
     defaults = ", ".join(
         f"{','.join(DEFAULT_VOICES[c.synth_layout.lang])} ({name})" for name, c in CORPORA.items()
@@ -156,6 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> SynthSummary:
         min_words=args.min_words,
         max_words=args.max_words,
         zipf_exponent=args.zipf_exponent,
+        bigram_successors=args.bigram_successors,
         seed=args.seed,
         noise_snr_db=_parse_snr(parser, args.noise_snr_db),
         voices=args.voices,

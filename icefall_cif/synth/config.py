@@ -27,6 +27,8 @@ class SynthConfig:
     min_words: int = 5
     max_words: int = 20
     zipf_exponent: float = 1.0
+    # 0: independent words; K > 0: a random bigram language (synth.text.BigramChain).
+    bigram_successors: int = 0
     seed: int = 0
     # Mild by default: it fills espeak-ng's digital silence, and barely masks the speech.
     noise_snr_db: Optional[Tuple[float, float]] = (30.0, 50.0)
@@ -58,6 +60,10 @@ class SynthConfig:
                 f"need 1 <= --min-words <= --max-words, got {self.min_words}, {self.max_words}",
             ),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
+            (
+                0 <= self.bigram_successors <= self.vocab_size,
+                f"--bigram-successors must lie in [0, --vocab-size {self.vocab_size}], got {self.bigram_successors}",
+            ),
             (
                 self.noise_snr_db is None or self.noise_snr_db[0] <= self.noise_snr_db[1],
                 f"--noise-snr-db needs LOW <= HIGH, got {self.noise_snr_db}",

@@ -13,13 +13,13 @@ from icefall_cif.corpora.layout import SynthLayout
 from icefall_cif.synth.config import SPLITS, SynthConfig
 from icefall_cif.synth.espeak import voice_spec
 from icefall_cif.synth.render import UttJob
-from icefall_cif.synth.text import SentenceSampler, sentence_split
+from icefall_cif.synth.text import BigramChain, SentenceSampler, sentence_split
 from icefall_cif.wordlists import chinese_words, english_words, zipf_weights
 
 # Stream codes for np.random.default_rng([seed, stream, ...]): each kind of choice has its
 # own generator so that adding, say, noise does not change the sentences. Stream 4 is the
 # layouts' ids (icefall_cif.corpora.layout.RNG_IDS).
-_RNG_VOICES, _RNG_SPEAKER, _RNG_TEXT, _RNG_UTT = range(4)
+_RNG_VOICES, _RNG_SPEAKER, _RNG_TEXT, _RNG_UTT, _RNG_CHAIN = range(5)
 _SPLIT_CODE = {split: i for i, split in enumerate(SPLITS)}
 _MAX_SENTENCE_TRIES = 20000
 
@@ -101,8 +101,14 @@ class Planner:
             else chinese_words(config.vocab_size)
         )
         weights = zipf_weights(words, layout.lang, config.zipf_exponent)
+        # One language for all splits: the chain depends on the seed only.
+        chain = (
+            BigramChain(weights, config.bigram_successors, np.random.default_rng([config.seed, _RNG_CHAIN]))
+            if config.bigram_successors > 0
+            else None
+        )
         self.sampler = SentenceSampler(
-            words, weights, config.min_words, config.max_words, count_chars=layout.lang == "zh"
+            words, weights, config.min_words, config.max_words, count_chars=layout.lang == "zh", chain=chain
         )
 
     def speaker(self, split: str, k: int) -> Speaker:
