@@ -105,3 +105,7 @@ def test_compare_wer_reads_recogs_files(tmp_path):
     bad = subprocess.run(tool + [str(tmp_path / "recogs-a.txt"), str(tmp_path / "recogs-c.txt")],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "recogs-c.txt" in bad.stderr and "only in a" in bad.stderr
+    missing = subprocess.run(tool + [str(tmp_path / "recogs-a.txt"), str(tmp_path / "recogs-x.txt")],
+                             capture_output=True, text=True)
+    assert missing.returncode != 0 and "cannot read" in missing.stderr and "recogs-x.txt" in missing.stderr
+    assert "Traceback" not in missing.stderr

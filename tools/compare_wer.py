@@ -21,7 +21,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from icefall_cif.scoring import read_recogs  # noqa: E402
-from icefall_cif.significance import paired_bootstrap, utterance_errors  # noqa: E402
+from icefall_cif.significance import UtteranceErrors, paired_bootstrap, utterance_errors  # noqa: E402
+
+
+def load(path: Path, cer: bool) -> UtteranceErrors:
+    """Per-utterance errors of one recogs file; a missing or malformed file ends the run naming it."""
+    try:
+        return utterance_errors(read_recogs(path), compute_CER=cer)
+    except (OSError, ValueError) as e:
+        sys.exit(f"compare_wer.py: cannot read {path}: {e}")
 
 
 def main() -> None:
@@ -33,11 +41,10 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.recogs) < 2:
         parser.error("give at least two recogs files: the first is compared with each of the others")
-    first = utterance_errors(read_recogs(args.recogs[0]), compute_CER=args.cer)
+    first = load(args.recogs[0], args.cer)
     for other in args.recogs[1:]:
         try:
-            c = paired_bootstrap(first, utterance_errors(read_recogs(other), compute_CER=args.cer),
-                                 args.num_samples, args.seed)
+            c = paired_bootstrap(first, load(other, args.cer), args.num_samples, args.seed)
         except ValueError as e:
             sys.exit(f"{args.recogs[0]} vs {other}: {e}")
         print(f"A {c.rate_a:.2f} B {c.rate_b:.2f}: A - B {c.difference:+.2f} [{c.low:+.2f}, {c.high:+.2f}], "
