@@ -39,8 +39,9 @@ esac
 : "${CIF_SEGMENTATION:=ctc}"
 # Extra train.py options for experiments, e.g. TRAIN_OPTS="--cif-align-loss-scale 1.0".
 : "${TRAIN_OPTS:=}"
-# Extra synthesis options (python -m icefall_cif.synth --help), e.g. SYNTH_OPTS="--bigram-successors 8"
-# for sentences of a random bigram language instead of independent words.
+# Extra synthesis options (python -m icefall_cif.synth --help), e.g. SYNTH_OPTS="--bigram-successors 4"
+# for sentences of a random bigram language instead of independent words (with BPE_VOCAB=400: an
+# hour of them has too few word types for 500 pieces).
 : "${SYNTH_OPTS:=}"
 
 case "$corpus" in
