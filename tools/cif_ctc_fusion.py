@@ -8,9 +8,9 @@ token per vector, the argmax over the non-blank tokens of
     log p_cif(token | vector u) + w * log p_ctc(token | frame s_u)
 
 with both distributions renormalised over the non-blank tokens. p_cif is the NAR decoder's
-one parallel pass (`cif_ce_nar`), or the joiner of vector u and the prediction network after
-the tokens chosen for vectors 1..u-1 (`cif_transducer`: greedy search with blank forbidden and
-one symbol per vector). w = 0 is the CIF decoder alone, a large w the CTC head alone (its
+one parallel pass (`cif_ce_nar`), the AR decoder's step u fed the tokens chosen for vectors
+1..u-1 (`cif_ce_ar`), or the joiner of vector u and the prediction network after those tokens
+(`cif_transducer`: greedy search with blank forbidden and one symbol per vector). w = 0 is the CIF decoder alone, a large w the CTC head alone (its
 argmax at each spike is its greedy token). If no w beats the large one, the CIF decoder adds
 nothing per token that the CTC head lacks. A diagnostic for RESULTS.md, not a decoding
 method. Run from egs/<corpus>/ASR:
@@ -59,6 +59,20 @@ def transducer_tokens(model, cif: torch.Tensor, ctc: torch.Tensor, weight: float
     return tokens
 
 
+def ar_tokens(model, cif: torch.Tensor, ctc: torch.Tensor, weight: float) -> List[int]:
+    """One token per vector of cif (U, C), the AR decoder fed the chosen tokens."""
+    decoder = model.head.ce_decoder
+    previous = torch.tensor([model.blank_id])
+    cache = None
+    tokens = []
+    for u in range(cif.size(0)):
+        logits, cache = decoder.forward_step(cif[u : u + 1], previous, cache)
+        token = int((non_blank_log_softmax(logits[0], model.blank_id) + weight * ctc[u]).argmax())
+        tokens.append(token)
+        previous = torch.tensor([token])
+    return tokens
+
+
 @torch.no_grad()
 def collect(model, manifest: Path) -> List[Tuple[str, str, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Per cut: (id, reference, CIF vectors (U, C), NAR log-probs (U, V) or None, CTC log-probs at the spikes (U, V))."""
@@ -98,8 +112,8 @@ def main() -> None:
     torch.set_num_threads(1)
     tokenizer = Tokenizer.from_lang_dir(args.lang_dir)
     model, _ = load_pretrained(RECIPE, args.checkpoint)
-    if model.cif_segmentation != "ctc" or model.decoder_type not in ("cif_ce_nar", "cif_transducer"):
-        sys.exit(f"{args.checkpoint}: needs a cif_ce_nar or cif_transducer model trained with --cif-segmentation ctc, "
+    if model.cif_segmentation != "ctc" or model.decoder_type not in ("cif_ce_nar", "cif_ce_ar", "cif_transducer"):
+        sys.exit(f"{args.checkpoint}: needs a cif_transducer, cif_ce_ar or cif_ce_nar model trained with --cif-segmentation ctc, "
                  f"got {model.decoder_type} with '{model.cif_segmentation}'")
     model.eval()
     rows = collect(model, args.cuts)
@@ -111,6 +125,8 @@ def main() -> None:
                     tokens = []
                 elif nar is not None:
                     tokens = (nar + weight * ctc).argmax(dim=-1).tolist()
+                elif model.decoder_type == "cif_ce_ar":
+                    tokens = ar_tokens(model, cif, ctc, weight)
                 else:
                     tokens = transducer_tokens(model, cif, ctc, weight)
                 results.append((cut_id, reference.split(), tokenizer.decode(tokens).split()))
