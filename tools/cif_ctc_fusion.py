@@ -81,7 +81,7 @@ def collect(model, manifest: Path) -> List[Tuple[str, str, torch.Tensor, torch.T
         x = torch.from_numpy(cut.load_features()).unsqueeze(0)
         encoder_out, encoder_out_lens = model.forward_encoder(x, torch.tensor([x.size(1)]))
         log_probs = model.ctc_log_probs(encoder_out)
-        cif_out = model.forward_cif(encoder_out, encoder_out_lens)
+        cif_out = model.forward_cif(encoder_out, encoder_out_lens, ctc_log_probs=log_probs)
         spikes = ctc_greedy_spikes(log_probs, encoder_out_lens, model.blank_id)[0]
         spikes = spikes[spikes >= 0]
         num_vectors = int(cif_out.cif_lens[0])
