@@ -20,7 +20,7 @@ them without materializing weighted frames: extra memory is O(N (T + U)) besides
 (N, U, C) output, whatever the number of fires per frame. There is no Python loop over frames
 or utterances.
 """
-from typing import NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,9 @@ class CifPredictorOutput(NamedTuple):
       fire_frames: (N, U) int64 frame index of each token, -1 at padding (see :class:`CifOutput`).
       quantity_loss: scalar, sum over the batch of |sum_t alpha_t - U| (unscaled alpha);
         None when no targets were given.
+      token_prior: (N, U, V) the CTC head's log-probs at each vector's spike frame (detached,
+        0 at padding), for a CE head with `--ce-ctc-prior-scale` (CIF cut at the CTC spikes);
+        None otherwise.
     """
 
     cif: torch.Tensor
@@ -59,6 +62,11 @@ class CifPredictorOutput(NamedTuple):
     alpha: torch.Tensor
     fire_frames: torch.Tensor
     quantity_loss: Optional[torch.Tensor]
+    token_prior: Optional[torch.Tensor] = None
+
+    def head_inputs(self) -> Dict[str, torch.Tensor]:
+        """The keyword arguments the head's searches take besides the vectors: `token_prior` when set."""
+        return {} if self.token_prior is None else {"token_prior": self.token_prior}
 
 
 def _accumulation_dtype(device: torch.device) -> torch.dtype:

@@ -22,7 +22,11 @@ Example (the loops' view of one batch)::
     loss = weighted_loss(model, losses, loss_config, batch_idx_train)  # ctc, quantity + the head's
     encoder_out, lens = model.forward_encoder(x, x_lens)
     cif_out = model.forward_cif(encoder_out, lens)
-    tokens, cif_index = model.head.greedy_search(cif_out.cif, cif_out.cif_lens, encoder_out, lens, 3)
+    tokens, cif_index = model.head.greedy_search(cif_out.cif, cif_out.cif_lens, encoder_out, lens, 3,
+                                                 **cif_out.head_inputs())
+
+`cif_out.head_inputs()` is empty except for a CE head with a CTC prior (`--ce-ctc-prior-scale`),
+whose searches take `token_prior`, the CTC log-probs at the vectors' spikes.
 """
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Optional, Protocol, Tuple, runtime_checkable

@@ -483,6 +483,10 @@ def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Mo
         raise ValueError(f"The model in {params.exp_dir} has decoder type {config.decoder_type}; export-onnx.py "
                          f"has layouts for {list(SUPPORTED_DECODER_TYPES)} only: run it with decode.py, or with "
                          f"export.py and pretrained.py")
+    if getattr(config, "ce_ctc_prior_scale", 0.0) > 0:
+        raise ValueError(f"The model in {params.exp_dir} adds the CTC head's log-probs at the spikes to its decoder's "
+                         f"logits (--ce-ctc-prior-scale {config.ce_ctc_prior_scale}); export-onnx.py has no layout "
+                         f"for that yet: run it with export.py and pretrained.py")
     model, config = inference_model(recipe, config, state, params)
     suffix = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
     return model.eval(), suffix, config.feature_dim

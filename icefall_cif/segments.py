@@ -127,3 +127,27 @@ def pool_segments(
     fire_frames = torch.where(valid, torch.div(spikes, frames_per_step, rounding_mode="floor"),
                               torch.full_like(spikes, -1))
     return CifOutput(cif=cif, cif_lens=num_tokens, fire_frames=fire_frames)
+
+
+def spike_log_probs(log_probs: torch.Tensor, spikes: torch.Tensor) -> torch.Tensor:
+    """The CTC head's log-probs at each token's spike frame: the prior a CE head adds to its logits
+    (`--ce-ctc-prior-scale`).
+
+    Args:
+      log_probs: (N, T', V) CTC log-probs.
+      spikes: (N, U) encoder frames, -1 at padding (:func:`ctc_greedy_spikes`, or the forced
+        alignment of the reference in training).
+    Returns:
+      (N, U, V), detached, 0 at padding.
+
+    >>> lp = torch.log(torch.tensor([[[0.9, 0.1], [0.2, 0.8]]]))
+    >>> spike_log_probs(lp, torch.tensor([[1, -1]])).exp()
+    tensor([[[0.2000, 0.8000],
+             [1.0000, 1.0000]]])
+    """
+    if log_probs.ndim != 3 or spikes.ndim != 2 or spikes.size(0) != log_probs.size(0):
+        raise ValueError(f"expected log_probs (N, T', V) and spikes (N, U), got {tuple(log_probs.shape)} "
+                         f"and {tuple(spikes.shape)}")
+    index = spikes.clamp(min=0).unsqueeze(2).expand(-1, -1, log_probs.size(2))
+    prior = log_probs.detach().gather(1, index)
+    return prior.masked_fill((spikes < 0).unsqueeze(2), 0.0)

@@ -115,6 +115,9 @@ def main() -> None:
     if model.cif_segmentation != "ctc" or model.decoder_type not in ("cif_ce_nar", "cif_ce_ar", "cif_transducer"):
         sys.exit(f"{args.checkpoint}: needs a cif_transducer, cif_ce_ar or cif_ce_nar model trained with --cif-segmentation ctc, "
                  f"got {model.decoder_type} with '{model.cif_segmentation}'")
+    if getattr(model.head, "prior_scale", 0.0) > 0:
+        sys.exit(f"{args.checkpoint}: its decoder already adds the CTC log-probs at the spikes to its logits "
+                 f"(--ce-ctc-prior-scale {model.head.prior_scale}); decode it with decode.py's greedy_search")
     model.eval()
     rows = collect(model, args.cuts)
     for weight in (float(w) for w in args.weights.split(",")):

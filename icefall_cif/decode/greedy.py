@@ -213,7 +213,8 @@ def greedy_search(
     cif, cif_lens, fire_frames = cif_out.cif, cif_out.cif_lens, cif_out.fire_frames
     head = model.head
     ctc = {"ctc_log_probs": model.ctc_log_probs(encoder_out)} if head.reads_ctc else {}
-    tokens, index = head.greedy_search(cif, cif_lens, encoder_out, encoder_out_lens, max_sym_per_frame, **ctc)
+    tokens, index = head.greedy_search(cif, cif_lens, encoder_out, encoder_out_lens, max_sym_per_frame, **ctc,
+                                       **cif_out.head_inputs())
     keep = index >= 0
     hyps = _ragged(tokens, keep)
     if not return_timestamps:

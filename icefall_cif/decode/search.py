@@ -64,7 +64,8 @@ def beam_search(
     """
     cif_out = model.forward_cif(encoder_out, encoder_out_lens)
     return model.head.beam_search(
-        cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, beam_size, lm, lm_scale, max_sym_per_frame
+        cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, beam_size, lm, lm_scale, max_sym_per_frame,
+        **cif_out.head_inputs(),
     )
 
 
@@ -83,7 +84,7 @@ def mask_predict(
     cif_out = model.forward_cif(encoder_out, encoder_out_lens)
     ctc = {"ctc_log_probs": model.ctc_log_probs(encoder_out)} if model.head.reads_ctc else {}
     nbest = model.head.mask_predict_search(
-        method, cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, options, **ctc
+        method, cif_out.cif, cif_out.cif_lens, encoder_out, encoder_out_lens, options, **ctc, **cif_out.head_inputs()
     )
     if "beam_search" in method:
         nbest = add_ctc_scores(model, encoder_out, encoder_out_lens, nbest, opts.ctc_weight)

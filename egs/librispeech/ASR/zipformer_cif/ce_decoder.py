@@ -11,7 +11,7 @@ each layer and reproduce the parallel forward exactly.
 """
 import math
 from abc import abstractmethod
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -319,10 +319,26 @@ class CeHead(DecoderHead):
 
     beam_methods = ("beam_search", "beam_search_lm_shallow_fusion")
     loss_names = ("ce_loss",)
+    #: Whether `--ce-ctc-prior-scale` applies: the searches then take `token_prior` (N, U, V),
+    #: the CTC log-probs at the vectors' spikes (`CifPredictorOutput.token_prior`).
+    takes_token_prior: ClassVar[bool] = True
+    #: The weight of that prior in the logits (0: none; set from the config by the subclasses).
+    prior_scale: float = 0.0
 
     @property
     def token_state_dim(self) -> int:
         return self.ce_decoder.d_model
+
+    def with_prior(self, logits: torch.Tensor, token_prior: Optional[torch.Tensor]) -> torch.Tensor:
+        """logits (..., V) + prior_scale x token_prior (same shape): the logits of a head with a
+        CTC prior. A head with one refuses to decode without it rather than quietly ignore it."""
+        if self.prior_scale == 0:
+            return logits
+        if token_prior is None:
+            raise ValueError(f"this {self.name} model adds the CTC head's log-probs at the spikes to its logits "
+                             f"(--ce-ctc-prior-scale {self.prior_scale}): pass token_prior, the "
+                             f"CifPredictorOutput.token_prior of model.forward_cif (cif_out.head_inputs())")
+        return logits + self.prior_scale * token_prior.to(logits.dtype)
 
     @abstractmethod
     def teacher_forced_states(
@@ -371,7 +387,7 @@ class CeHead(DecoderHead):
     ) -> torch.Tensor:
         """(N, U, V) logits of every target position, teacher-forced, without glancing."""
         states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, LossConfig())
-        return self.ce_decoder.output_linear(states)
+        return self.with_prior(self.ce_decoder.output_linear(states), cif_out.token_prior)
 
     def loss_and_token_logits(
         self,
@@ -397,7 +413,7 @@ class CeHead(DecoderHead):
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """{"ce_loss"}, the (N, U, d_model) states and the (N, U, V) logits of one teacher-forced pass."""
         states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
-        logits = self.ce_decoder.output_linear(states)
+        logits = self.with_prior(self.ce_decoder.output_linear(states), cif_out.token_prior)
         return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states, logits
 
     @staticmethod

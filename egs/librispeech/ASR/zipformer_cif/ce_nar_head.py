@@ -12,6 +12,9 @@ search over its unsure positions relies on: `nar_mask_predict` (greedy) and `nar
 re-predict the positions of the one-pass output whose max posterior is below `--mask-threshold`,
 in at most `--mask-iterations` rounds, with the other positions' tokens given
 (icefall_cif.decode.mask_predict).
+
+With `--ce-ctc-prior-scale s` every pass's logits are the decoder's plus s x the CTC head's
+log-probs at each vector's spike (`token_prior`).
 """
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -52,9 +55,10 @@ class NarCeHead(CeHead):
     name = "cif_ce_nar"
     mask_predict_methods = ("nar_mask_predict", "nar_beam_search")
 
-    def __init__(self, ce_decoder: NarCeDecoder, blank_id: int):
+    def __init__(self, ce_decoder: NarCeDecoder, blank_id: int, prior_scale: float = 0.0):
         super().__init__()
         self.ce_decoder = ce_decoder
+        self.prior_scale = prior_scale
         self.blank_id = blank_id
         self.vocab_size = ce_decoder.vocab_size
 
@@ -74,7 +78,7 @@ class NarCeHead(CeHead):
 
     @classmethod
     def from_networks(cls, config, cif_dim: int, networks: Dict[str, nn.Module]) -> "NarCeHead":
-        return cls(networks["ce_decoder"], config.blank_id)
+        return cls(networks["ce_decoder"], config.blank_id, config.ce_ctc_prior_scale)
 
     def teacher_forced_states(
         self,
@@ -92,7 +96,7 @@ class NarCeHead(CeHead):
         if not (self.training and config.glancing_ratio > 0):
             return decoder.hidden_states(*args)
         with torch.no_grad():
-            predicted = decoder(*args).argmax(dim=-1)
+            predicted = self.with_prior(decoder(*args), cif_out.token_prior).argmax(dim=-1)
         glanced = glancing_positions(predicted, y_padded, y_lens, config.glancing_ratio)
         return decoder.hidden_states(*args, known_tokens=y_padded.masked_fill(~glanced, -1))
 
@@ -103,13 +107,15 @@ class NarCeHead(CeHead):
         encoder_out: torch.Tensor,
         encoder_out_lens: torch.Tensor,
         max_sym_per_frame: int,
+        token_prior: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The argmax of one parallel pass, one token per CIF vector."""
         N, U, _ = cif.shape
         if U == 0:
             tokens = torch.zeros(N, 0, dtype=torch.int64, device=cif.device)
         else:
-            tokens = self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).argmax(dim=-1)
+            logits = self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens)
+            tokens = self.with_prior(logits, token_prior).argmax(dim=-1)
         return tokens, vector_index(cif_lens, U)
 
     def beam_search(
@@ -122,10 +128,11 @@ class NarCeHead(CeHead):
         lm: Optional[Any],
         lm_scale: float,
         max_sym_per_frame: int,
+        token_prior: Optional[torch.Tensor] = None,
     ) -> List[List[Any]]:
         N, U, _ = cif.shape
         log_probs = (
-            self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).log_softmax(dim=-1)
+            self.with_prior(self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens), token_prior).log_softmax(dim=-1)
             if U > 0
             else cif.new_zeros(N, 0, self.vocab_size)
         )
@@ -143,6 +150,7 @@ class NarCeHead(CeHead):
         encoder_out_lens: torch.Tensor,
         options: MaskPredictOptions,
         ctc_log_probs: Optional[torch.Tensor] = None,
+        token_prior: Optional[torch.Tensor] = None,
     ) -> List[NBest]:
         """`nar_mask_predict` / `nar_beam_search`: one parallel pass, then its positions whose max
         posterior is below `options.threshold` re-predicted with the other tokens given
@@ -152,7 +160,8 @@ class NarCeHead(CeHead):
         N, U, _ = cif.shape
         if U == 0:
             return [[Hypothesis([], 0.0)] for _ in range(N)]
-        log_probs = self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens).log_softmax(dim=-1)
+        logits = self.ce_decoder(cif, cif_lens, encoder_out, encoder_out_lens)
+        log_probs = self.with_prior(logits, token_prior).log_softmax(dim=-1)
         best, tokens = log_probs.max(dim=-1)
         masked = mask_unsure(tokens, cif_lens, best.exp(), options.threshold)
 
@@ -163,7 +172,8 @@ class NarCeHead(CeHead):
                 encoder_out.repeat_interleave(K, dim=0), encoder_out_lens.repeat_interleave(K),
                 known_tokens=known.reshape(N * K, U),
             )
-            return logits.log_softmax(dim=-1).view(N, K, U, -1)
+            prior = None if token_prior is None else token_prior.repeat_interleave(K, dim=0)
+            return self.with_prior(logits, prior).log_softmax(dim=-1).view(N, K, U, -1)
 
         return mask_predict_search(predict, masked, cif_lens, options, beam=method == "nar_beam_search")
 

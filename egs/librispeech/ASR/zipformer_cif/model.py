@@ -47,7 +47,7 @@ from icefall_cif.config import LossConfig
 from icefall_cif.distill import DistillProjections, TeacherFeatures, acd_loss, lrd_loss
 from icefall_cif.kd import KdTargets, frame_kd_loss, token_kd_loss
 from icefall_cif.model_contract import DecoderHead
-from icefall_cif.segments import ctc_greedy_spikes, fill_missing_spikes, pool_segments
+from icefall_cif.segments import ctc_greedy_spikes, fill_missing_spikes, pool_segments, spike_log_probs
 from icefall_cif.utils import make_pad_mask, pad_token_ids
 
 # The decoder types. Besides the DecoderHead methods, a head class provides
@@ -138,6 +138,13 @@ class ModelConfig:
     ce_decoder_layers: int = field(default=2, metadata={"help": "Layers of the CE decoder (and of the CMLM)."})
     ce_decoder_heads: int = field(default=4, metadata={"help": "Attention heads of the CE decoder (and of the CMLM)."})
     ce_decoder_dropout: float = field(default=0.1, metadata={"help": "Dropout of the CE decoder (and of the CMLM)."})
+    ce_ctc_prior_scale: float = field(
+        default=0.0,
+        metadata={"help": "cif_ce_ar / cif_ce_nar with --cif-segmentation ctc: add this times the CTC head's "
+                          "log-probs at each vector's spike frame (no gradient into the CTC head) to the decoder's "
+                          "logits, in training and decoding, so that the decoder learns a correction of the CTC "
+                          "head's token rather than the token itself; 0 = off."},
+    )
     vocab_size: Optional[int] = field(default=None, metadata={"internal": True})
     blank_id: int = field(default=0, metadata={"internal": True})
     feature_dim: int = field(default=80, metadata={"internal": True})
@@ -168,6 +175,7 @@ class CifAsrModel(nn.Module):
         cif_downsample: int = 2,
         distill: Optional[DistillProjections] = None,
         cif_segmentation: str = "fire",
+        token_prior: bool = False,
     ):
         """
         Args:
@@ -182,10 +190,15 @@ class CifAsrModel(nn.Module):
           distill: the distillation projections (training only), or None.
           cif_segmentation: "fire" (integrate-and-fire) or "ctc" (segments around the CTC
             head's spikes, icefall_cif.segments).
+          token_prior: with "ctc", also return the CTC log-probs at the spikes
+            (`CifPredictorOutput.token_prior`) for a head with a CTC prior.
         """
         super().__init__()
         if cif_segmentation not in ("fire", "ctc"):
             raise ValueError(f"cif_segmentation must be 'fire' or 'ctc', got '{cif_segmentation}'")
+        if token_prior and cif_segmentation != "ctc":
+            raise ValueError("a CTC prior on the decoder (--ce-ctc-prior-scale > 0) reads the CTC head at each "
+                             "vector's spike: it needs --cif-segmentation ctc")
         if cif_downsample < 1:
             raise ValueError(f"cif_downsample must be >= 1 (1 = no extra downsampling), got {cif_downsample}")
         self.vocab_size = head.vocab_size
@@ -204,6 +217,7 @@ class CifAsrModel(nn.Module):
         )
         self.cif_predictor = cif_predictor
         self.cif_segmentation = cif_segmentation
+        self.token_prior = token_prior
         self.ctc_output = ctc_output
         self.head = head
         self.distill = distill
@@ -338,7 +352,8 @@ class CifAsrModel(nn.Module):
                 spikes = fill_missing_spikes(aligned, num_tokens, encoder_out_lens)
         out = pool_segments(h, alpha, h_lens, spikes, num_tokens, self.cif_downsample_factor)
         quantity = None if target_lengths is None else quantity_loss(alpha, num_tokens)
-        return CifPredictorOutput(out.cif, out.cif_lens, alpha, out.fire_frames, quantity)
+        prior = spike_log_probs(log_probs, spikes) if self.token_prior else None
+        return CifPredictorOutput(out.cif, out.cif_lens, alpha, out.fire_frames, quantity, prior)
 
     def forward_cif_as_decoded(
         self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, y_lens: torch.Tensor
@@ -620,6 +635,11 @@ def get_model(config: ModelConfig) -> CifAsrModel:
         extra_dim=1 if config.cif_ctc_input else 0,
     )
     head_class = HEADS[config.decoder_type]
+    if config.ce_ctc_prior_scale < 0:
+        raise ValueError(f"--ce-ctc-prior-scale must be >= 0, got {config.ce_ctc_prior_scale}")
+    if config.ce_ctc_prior_scale > 0 and not getattr(head_class, "takes_token_prior", False):
+        raise ValueError(f"--ce-ctc-prior-scale adds the CTC head's log-probs to a CE decoder's logits "
+                         f"(cif_ce_ar, cif_ce_nar); --decoder-type {config.decoder_type} has none")
     # Built in the order the random initialisation has always drawn in (the decoder networks,
     # the CTC layer, then the head's own layers), so that a seeded run starts from the same
     # weights as before the decoders became heads.
@@ -641,6 +661,7 @@ def get_model(config: ModelConfig) -> CifAsrModel:
         cif_downsample=config.cif_downsample,
         distill=distill,
         cif_segmentation=config.cif_segmentation,
+        token_prior=config.ce_ctc_prior_scale > 0,
     )
 
 
