@@ -71,18 +71,21 @@ class CifFrontEnd(nn.Module):
           x: (N, T, 80) fbank, padded with any value; x_lens: (N,) int64 valid frames, max = T.
         Returns:
           encoder_out (N, T', C) @25 Hz, encoder_out_lens (N,), cif (N, U, C), cif_lens (N,),
-          fire_frames (N, U) at the CIF frame rate (-1 at padding).
+          fire_frames (N, U) at the CIF frame rate (-1 at padding), and for a CE head with a
+          CTC prior its `token_prior` (N, U, V) times the head's prior_scale (None otherwise).
         """
         encoder_out, encoder_out_lens = self.model.forward_encoder(x, x_lens)
         if self.model.cif_segmentation == "ctc":
             # The CTC-cut path of forward_cif is dense tensor algebra already: it traces as it is.
             cif = self.model.forward_cif(encoder_out, encoder_out_lens)
+            prior = None if cif.token_prior is None else self.model.head.prior_scale * cif.token_prior
         else:
             h, h_lens = self.model.downsample_for_cif(encoder_out, encoder_out_lens)
             side_input = self.model.predictor_side_input(encoder_out, encoder_out_lens)
             alpha = self.model.cif_predictor.compute_weights(h, h_lens, side_input)
             cif = dense_integrate_and_fire(h, alpha, h_lens, self.threshold, self.tail_threshold)
-        return encoder_out, encoder_out_lens, cif.cif, cif.cif_lens, cif.fire_frames
+            prior = None
+        return encoder_out, encoder_out_lens, cif.cif, cif.cif_lens, cif.fire_frames, prior
 
 
 class TransducerEncoder(nn.Module):
@@ -102,7 +105,7 @@ class TransducerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 80), (N,) -> encoder_out (N, U * S, joiner_dim), encoder_out_lens (N,) = cif_lens * S."""
-        _, _, cif, cif_lens, _ = self.front_end(x, x_lens)
+        _, _, cif, cif_lens, _, _ = self.front_end(x, x_lens)
         proj = self.encoder_proj(cif)  # (N, U, J)
         N, U, J = proj.shape
         S = self.max_sym_per_frame
@@ -136,16 +139,17 @@ class TransducerJoiner(nn.Module):
 
 
 class ArEncoder(nn.Module):
-    """encoder.onnx of cif_ce_ar: the CIF vectors and their fire frames."""
+    """encoder.onnx of cif_ce_ar: the CIF vectors and their fire frames (and with a CTC prior,
+    `--ce-ctc-prior-scale`, the scaled prior as a fourth output, `token_prior`)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.front_end = CifFrontEnd(model)
 
-    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(N, T, 80), (N,) -> cif (N, U, C), cif_lens (N,), fire_frames (N, U)."""
-        _, _, cif, cif_lens, fire_frames = self.front_end(x, x_lens)
-        return cif, cif_lens, fire_frames
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """(N, T, 80), (N,) -> cif (N, U, C), cif_lens (N,), fire_frames (N, U)[, token_prior (N, U, V)]."""
+        _, _, cif, cif_lens, fire_frames, prior = self.front_end(x, x_lens)
+        return (cif, cif_lens, fire_frames) if prior is None else (cif, cif_lens, fire_frames, prior)
 
 
 class ArDecoderStep(nn.Module):
@@ -160,16 +164,20 @@ class ArDecoderStep(nn.Module):
             layer.self_attn = _DistinctKeyValue(layer.self_attn)
 
     def forward(
-        self, cif_u: torch.Tensor, prev_token: torch.Tensor, cache: torch.Tensor
+        self, cif_u: torch.Tensor, prev_token: torch.Tensor, cache: torch.Tensor,
+        prior_u: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
           cif_u: (N, C) CIF vector u; prev_token: (N,) int64 token u-1 (blank at u = 0);
-          cache: (L, N, u, D) the layer inputs of steps < u ((L, N, 0, D) at u = 0).
+          cache: (L, N, u, D) the layer inputs of steps < u ((L, N, 0, D) at u = 0);
+          prior_u: (N, V) row u of the encoder's `token_prior`, for a model with a CTC prior.
         Returns:
-          logits (N, V) of token u and the cache (L, N, u + 1, D).
+          logits (N, V) of token u (the prior added) and the cache (L, N, u + 1, D).
         """
         logits, new_cache = self.ce_decoder.forward_step(cif_u, prev_token, list(cache.unbind(0)))
+        if prior_u is not None:
+            logits = logits + prior_u
         return logits, torch.stack(new_cache, dim=0)
 
 
@@ -208,12 +216,14 @@ class NarCtcModel(nn.Module):
 
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(N, T, 80), (N,) -> log_probs (N, 2U, V), log_probs_len (N,) = 2 cif_lens."""
-        encoder_out, encoder_out_lens, cif, cif_lens, _ = self.front_end(x, x_lens)
+        encoder_out, encoder_out_lens, cif, cif_lens, _, prior = self.front_end(x, x_lens)
         U = cif.size(1)
         # One extra padding vector, masked for every utterance, so that attention has a position
         # even when nothing fired (U = 0); it is dropped again after the decoder.
         padded = nn.functional.pad(cif, (0, 0, 0, 1))
         logits = self.ce_decoder(padded, cif_lens, encoder_out, encoder_out_lens)[:, :U]
+        if prior is not None:
+            logits = logits + prior
         log_probs = logits.log_softmax(dim=-1)
         N, _, V = log_probs.shape
         # log 0 as a large finite number: -inf rows would turn into NaN after int8 quantisation.
@@ -483,10 +493,6 @@ def load_selected_model(args: argparse.Namespace, recipe: Recipe) -> Tuple[nn.Mo
         raise ValueError(f"The model in {params.exp_dir} has decoder type {config.decoder_type}; export-onnx.py "
                          f"has layouts for {list(SUPPORTED_DECODER_TYPES)} only: run it with decode.py, or with "
                          f"export.py and pretrained.py")
-    if getattr(config, "ce_ctc_prior_scale", 0.0) > 0:
-        raise ValueError(f"The model in {params.exp_dir} adds the CTC head's log-probs at the spikes to its decoder's "
-                         f"logits (--ce-ctc-prior-scale {config.ce_ctc_prior_scale}); export-onnx.py has no layout "
-                         f"for that yet: run it with export.py and pretrained.py")
     model, config = inference_model(recipe, config, state, params)
     suffix = f"iter-{params.iter}-avg-{params.avg}" if params.iter > 0 else f"epoch-{params.epoch}-avg-{params.avg}"
     return model.eval(), suffix, config.feature_dim
@@ -603,22 +609,28 @@ def export_onnx(
             {**meta, "model_type": "zipformer2_ctc",
              "comment": "CIF + NAR CE decoder; rows alternate token u and a certain blank"},
         )]
-    # cif_ce_ar
+    # cif_ce_ar; a CTC prior travels from the encoder's fourth output into each decoder step.
     ce_decoder = model.head.ce_decoder
+    with_prior = model.head.prior_scale > 0
     encoder = _export(
         ArEncoder(model), (x, x_lens), out_dir / f"encoder-{suffix}.onnx", ["x", "x_lens"],
-        ["cif", "cif_lens", "fire_frames"],
-        {**feats, "cif": {0: "N", 1: "U"}, "cif_lens": {0: "N"}, "fire_frames": {0: "N", 1: "U"}},
-        {**meta, "comment": "CIF AR CE encoder: Zipformer + CIF vectors"},
+        ["cif", "cif_lens", "fire_frames"] + (["token_prior"] if with_prior else []),
+        {**feats, "cif": {0: "N", 1: "U"}, "cif_lens": {0: "N"}, "fire_frames": {0: "N", 1: "U"},
+         **({"token_prior": {0: "N", 1: "U"}} if with_prior else {})},
+        {**meta, "comment": "CIF AR CE encoder: Zipformer + CIF vectors"
+                            + (" + the scaled CTC log-probs at the spikes" if with_prior else "")},
     )
     num_layers, d_model = len(ce_decoder.layers), ce_decoder.d_model
     cif_dim = model.encoder_dim
     step_inputs = (torch.randn(2, cif_dim), torch.tensor([0, 4]), torch.randn(num_layers, 2, 3, d_model))
+    if with_prior:
+        step_inputs += (torch.randn(2, model.vocab_size),)
     decoder = _export(
-        ArDecoderStep(model), step_inputs, out_dir / f"decoder-{suffix}.onnx", ["cif_u", "prev_token", "cache"],
+        ArDecoderStep(model), step_inputs, out_dir / f"decoder-{suffix}.onnx",
+        ["cif_u", "prev_token", "cache"] + (["prior_u"] if with_prior else []),
         ["logits", "new_cache"],
         {"cif_u": {0: "N"}, "prev_token": {0: "N"}, "cache": {1: "N", 2: "u"}, "logits": {0: "N"},
-         "new_cache": {1: "N", 2: "u_next"}},
+         "new_cache": {1: "N", 2: "u_next"}, **({"prior_u": {0: "N"}} if with_prior else {})},
         {**meta, "num_layers": str(num_layers), "d_model": str(d_model), "blank_id": str(model.blank_id)},
     )
     return [encoder, decoder]

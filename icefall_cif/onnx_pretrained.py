@@ -121,8 +121,9 @@ class OnnxCifModel:
             encoder_out, encoder_out_lens = self.sessions["encoder"].run(None, {"x": x, "x_lens": lens})
             return self._transducer_greedy(encoder_out, encoder_out_lens)
         if self.decoder_type == "cif_ce_ar":
-            cif, cif_lens, _ = self.sessions["encoder"].run(None, {"x": x, "x_lens": lens})
-            return self._ar_greedy(cif, cif_lens)
+            # A model with a CTC prior (--ce-ctc-prior-scale) has a fourth output, token_prior.
+            cif, cif_lens, _, *prior = self.sessions["encoder"].run(None, {"x": x, "x_lens": lens})
+            return self._ar_greedy(cif, cif_lens, prior[0] if prior else None)
         log_probs, log_probs_len = self.sessions["model"].run(None, {"x": x, "x_lens": lens})
         # Rows 2u hold the token posteriors; the odd rows are the certain blanks.
         best = log_probs[:, 0::2].argmax(axis=-1)
@@ -155,8 +156,9 @@ class OnnxCifModel:
             decoder_out[emitted] = decoder.run(None, {"y": y})[0]
         return hyps
 
-    def _ar_greedy(self, cif: np.ndarray, cif_lens: np.ndarray) -> List[List[int]]:
-        """One token per CIF vector, the argmax fed back; cif (N, U, C), cif_lens (N,)."""
+    def _ar_greedy(self, cif: np.ndarray, cif_lens: np.ndarray, token_prior: Optional[np.ndarray] = None) -> List[List[int]]:
+        """One token per CIF vector, the argmax fed back; cif (N, U, C), cif_lens (N,), and the
+        scaled CTC prior (N, U, V) that each step adds to its logits, if the model has one."""
         N, U, _ = cif.shape
         decoder = self.sessions["decoder"]
         num_layers, d_model = self.cache_shape
@@ -164,7 +166,10 @@ class OnnxCifModel:
         prev = np.full(N, self.blank_id, dtype=np.int64)
         steps = []
         for u in range(U):
-            logits, cache = decoder.run(None, {"cif_u": cif[:, u], "prev_token": prev, "cache": cache})
+            step = {"cif_u": cif[:, u], "prev_token": prev, "cache": cache}
+            if token_prior is not None:
+                step["prior_u"] = token_prior[:, u]
+            logits, cache = decoder.run(None, step)
             prev = logits.argmax(axis=-1).astype(np.int64)
             steps.append(prev)
         tokens = np.stack(steps, axis=1) if steps else np.zeros((N, 0), dtype=np.int64)

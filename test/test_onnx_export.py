@@ -453,3 +453,38 @@ def test_onnx_encoder_of_a_model_with_ctc_segmentation(tmp_path):
         got = session.run(None, {"x": x.numpy(), "x_lens": x_lens.numpy()})
         assert got[1].tolist() == expected[1].tolist()
         np.testing.assert_allclose(got[0], expected[0], atol=ENCODER_ATOL, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("decoder_type", ["cif_ce_ar", "cif_ce_nar"])
+def test_onnx_of_a_ce_head_with_the_ctc_prior_decodes_like_pytorch(decoder_type, tmp_path):
+    """`--ce-ctc-prior-scale`: the scaled prior leaves the encoder graph (cif_ce_ar) or stays in
+    the one graph (cif_ce_nar), and the ONNX greedy search equals PyTorch's."""
+    from test_ctc_prior import prior_model
+
+    from icefall_cif import onnx_export
+    from icefall_cif.decode import greedy_search
+    from icefall_cif.onnx_pretrained import OnnxCifModel
+
+    model = prior_model(decoder_type, 0.7).eval()
+    files = onnx_export.export_onnx(model, tmp_path, "epoch-1-avg-1", max_sym_per_frame=1)
+    roles = ["encoder", "decoder"] if decoder_type == "cif_ce_ar" else ["model"]
+    runner = OnnxCifModel(dict(zip(roles, files)))
+    lens = [300, 120, 200]
+    x = features(lens, 3)
+    feats = [x[i, :n].numpy() for i, n in enumerate(lens)]
+    expected = []
+    with torch.no_grad():
+        for f in feats:
+            enc, enc_lens = model.forward_encoder(torch.from_numpy(f).unsqueeze(0), torch.tensor([f.shape[0]]))
+            expected += greedy_search(model, enc, enc_lens)
+    assert sum(map(len, expected)) > 0
+    assert runner.transcribe_ids(feats) == expected
+    # The same search without the prior is a different one on this model: the prior is in the graph.
+    plain = copy.deepcopy(model)
+    plain.head.prior_scale = 0.0
+    with torch.no_grad():
+        enc, enc_lens = plain.forward_encoder(torch.from_numpy(feats[0]).unsqueeze(0), torch.tensor([lens[0]]))
+        cif_out = plain.forward_cif(enc, enc_lens)
+        tokens, _ = plain.head.greedy_search(cif_out.cif, cif_out.cif_lens, enc, enc_lens, 1)
+    assert tokens[0].tolist() != expected[0]
