@@ -145,6 +145,13 @@ class LossConfig:
         },
     )
     label_smoothing: float = field(default=0.1, metadata={"help": "Label smoothing of the CE loss."})
+    ce_prior_free_scale: float = field(
+        default=0.0,
+        metadata={
+            "help": "With --ce-ctc-prior-scale: add this times the CE of the decoder's logits without the CTC prior "
+            "to ce_loss, so that the decoder (and through it the encoder) also learns to classify alone; 0 = off."
+        },
+    )
     glancing_ratio: float = field(
         default=0.0,
         metadata={
@@ -243,6 +250,8 @@ class LossConfig:
         if self.kd_nbest < 0 or (self.kd_nbest > 0 and self.kd_seq_scale <= 0):
             raise ValueError(f"--kd-nbest must be >= 0 and needs --kd-seq-scale > 0 (its weight), got --kd-nbest "
                              f"{self.kd_nbest}, --kd-seq-scale {self.kd_seq_scale}")
+        if self.ce_prior_free_scale < 0:
+            raise ValueError(f"--ce-prior-free-scale must be >= 0, got {self.ce_prior_free_scale}")
         if self.kd_frame_scale < 0 or self.kd_seq_scale < 0:
             raise ValueError(f"--kd-frame-scale and --kd-seq-scale must be >= 0, got {self.kd_frame_scale} and "
                              f"{self.kd_seq_scale}")

@@ -157,3 +157,28 @@ def test_bad_configurations_are_named():
         cif_out = model.forward_cif(enc, enc_lens)
         with pytest.raises(ValueError, match="pass token_prior"):
             model.head.greedy_search(cif_out.cif, cif_out.cif_lens, enc, enc_lens, 3)
+
+
+def test_the_prior_free_term_adds_the_ce_of_the_decoder_alone():
+    model = prior_model("cif_ce_ar", 1.0).eval()
+    x, x_lens, ys, enc, enc_lens = encode(model, seed=12)
+    y_lens = torch.tensor([len(y) for y in ys])
+    y_padded = torch.nn.utils.rnn.pad_sequence([torch.tensor(y) for y in ys], batch_first=True)
+    with torch.no_grad():
+        cif_out = model.forward_cif(enc, enc_lens, target_lengths=y_lens, targets=y_padded)
+        head = model.head
+        states = head.teacher_forced_states(cif_out, enc, enc_lens, y_padded, y_lens, LossConfig())
+        raw = head.ce_decoder.output_linear(states)
+
+        def ce(logits):
+            return sum(torch.nn.functional.cross_entropy(logits[i, : len(y)].double(), y_padded[i, : len(y)],
+                                                         reduction="sum") for i, y in enumerate(ys))
+
+        config = LossConfig(label_smoothing=0.0, ce_prior_free_scale=0.5)
+        got = head.loss(cif_out, enc, enc_lens, y_padded, y_lens, config)["ce_loss"].double()
+        torch.testing.assert_close(got, ce(raw + cif_out.token_prior) + 0.5 * ce(raw), rtol=1e-5, atol=1e-4)
+    plain = get_model(small_config("cif_ce_ar", cif_segmentation="ctc")).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="no prior"):
+        plain(x, x_lens, ys, LossConfig(ce_prior_free_scale=0.5))
+    with pytest.raises(ValueError, match="--ce-prior-free-scale must be >= 0"):
+        LossConfig(ce_prior_free_scale=-1.0)

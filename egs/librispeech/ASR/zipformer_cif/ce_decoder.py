@@ -411,10 +411,21 @@ class CeHead(DecoderHead):
         y_lens: torch.Tensor,
         config: LossConfig,
     ) -> Tuple[Dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """{"ce_loss"}, the (N, U, d_model) states and the (N, U, V) logits of one teacher-forced pass."""
+        """{"ce_loss"}, the (N, U, d_model) states and the (N, U, V) logits of one teacher-forced pass.
+
+        With a CTC prior and `config.ce_prior_free_scale` = lambda, ce_loss is CE(logits + prior) +
+        lambda CE(logits): one term, so that everything that reads "the head's loss" (--kd-nbest)
+        sees the whole of it."""
         states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, config)
-        logits = self.with_prior(self.ce_decoder.output_linear(states), cif_out.token_prior)
-        return {"ce_loss": token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)}, states, logits
+        raw = self.ce_decoder.output_linear(states)
+        logits = self.with_prior(raw, cif_out.token_prior)
+        loss = token_cross_entropy(logits, y_padded, y_lens, config.label_smoothing)
+        if config.ce_prior_free_scale > 0:
+            if self.prior_scale == 0:
+                raise ValueError("--ce-prior-free-scale weighs the CE loss without the CTC prior; this model has no "
+                                 "prior (--ce-ctc-prior-scale 0)")
+            loss = loss + config.ce_prior_free_scale * token_cross_entropy(raw, y_padded, y_lens, config.label_smoothing)
+        return {"ce_loss": loss}, states, logits
 
     @staticmethod
     def loss_weights(config: LossConfig, batch_idx_train: int) -> Dict[str, float]:
