@@ -175,7 +175,6 @@ class CifAsrModel(nn.Module):
         cif_downsample: int = 2,
         distill: Optional[DistillProjections] = None,
         cif_segmentation: str = "fire",
-        token_prior: bool = False,
     ):
         """
         Args:
@@ -190,13 +189,11 @@ class CifAsrModel(nn.Module):
           distill: the distillation projections (training only), or None.
           cif_segmentation: "fire" (integrate-and-fire) or "ctc" (segments around the CTC
             head's spikes, icefall_cif.segments).
-          token_prior: with "ctc", also return the CTC log-probs at the spikes
-            (`CifPredictorOutput.token_prior`) for a head with a CTC prior.
         """
         super().__init__()
         if cif_segmentation not in ("fire", "ctc"):
             raise ValueError(f"cif_segmentation must be 'fire' or 'ctc', got '{cif_segmentation}'")
-        if token_prior and cif_segmentation != "ctc":
+        if self._reads_token_prior(head) and cif_segmentation != "ctc":
             raise ValueError("a CTC prior on the decoder (--ce-ctc-prior-scale > 0) reads the CTC head at each "
                              "vector's spike: it needs --cif-segmentation ctc")
         if cif_downsample < 1:
@@ -217,11 +214,16 @@ class CifAsrModel(nn.Module):
         )
         self.cif_predictor = cif_predictor
         self.cif_segmentation = cif_segmentation
-        self.token_prior = token_prior
         self.ctc_output = ctc_output
         self.head = head
         self.distill = distill
         self._register_load_state_dict_pre_hook(_move_pre_head_keys)
+
+    @staticmethod
+    def _reads_token_prior(head: DecoderHead) -> bool:
+        """Whether `forward_cif` returns the CTC log-probs at the spikes (`token_prior`): for a CE
+        head with a CTC prior (`--ce-ctc-prior-scale` > 0, the head's prior_scale)."""
+        return getattr(head, "prior_scale", 0.0) > 0
 
     @property
     def decoder_type(self) -> str:
@@ -352,7 +354,7 @@ class CifAsrModel(nn.Module):
                 spikes = fill_missing_spikes(aligned, num_tokens, encoder_out_lens)
         out = pool_segments(h, alpha, h_lens, spikes, num_tokens, self.cif_downsample_factor)
         quantity = None if target_lengths is None else quantity_loss(alpha, num_tokens)
-        prior = spike_log_probs(log_probs, spikes) if self.token_prior else None
+        prior = spike_log_probs(log_probs, spikes) if self._reads_token_prior(self.head) else None
         return CifPredictorOutput(out.cif, out.cif_lens, alpha, out.fire_frames, quantity, prior)
 
     def forward_cif_as_decoded(
@@ -661,7 +663,6 @@ def get_model(config: ModelConfig) -> CifAsrModel:
         cif_downsample=config.cif_downsample,
         distill=distill,
         cif_segmentation=config.cif_segmentation,
-        token_prior=config.ce_ctc_prior_scale > 0,
     )
 
 
