@@ -441,6 +441,25 @@ def test_options_override_encoder_config_and_cif_downsample():
     assert loss_defaults.quantity_loss_scale == 1.0 and loss_defaults.label_smoothing == 0.1
 
 
+def test_encoder_embed_channels_narrow_the_front_end():
+    """The three Conv2d layers and the ConvNeXt take the given widths; the output is unchanged in shape."""
+    default = get_model(small_config("cif_ce_nar"))
+    assert [default.encoder_embed.conv[i].out_channels for i in (0, 4, 7)] == [8, 32, 128]
+    narrow = get_model(small_config("cif_ce_nar", encoder_embed_channels="4,8,16"))
+    assert [narrow.encoder_embed.conv[i].out_channels for i in (0, 4, 7)] == [4, 8, 16]
+    assert narrow.encoder_embed.convnext.pointwise_conv1.out_channels == 3 * 16
+    assert narrow.encoder_embed.out.in_features == 16 * narrow.encoder_embed.out_width
+    embed_params = lambda m: sum(p.numel() for p in m.encoder_embed.parameters())  # noqa: E731
+    assert embed_params(narrow) < embed_params(default) / 4
+    x, x_lens = torch.randn(2, 60, 80), torch.tensor([60, 41])
+    narrow.eval()
+    with torch.no_grad():
+        out, out_lens = narrow.encoder_embed(x, x_lens)
+    assert out.shape == (2, (60 - 7) // 2, 64) and out_lens.tolist() == [(60 - 7) // 2, (41 - 7) // 2]
+    with pytest.raises(ValueError, match="one channel count per Conv2d layer"):
+        get_model(small_config("cif_ce_nar", encoder_embed_channels="4,8"))
+
+
 def test_get_model_errors_say_what_is_missing():
     with pytest.raises(ValueError, match="vocab_size"):
         get_model(small_config("cif_ce_ar", vocab_size=None))

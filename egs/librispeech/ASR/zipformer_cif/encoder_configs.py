@@ -5,7 +5,8 @@ is the default of icefall's `zipformer/train.py`), so icefall checkpoints of tho
 load into `build_encoder(name)`. `tiny` is for CPU demos and tests.
 
 A config is a dict of `Zipformer2` keyword arguments plus `encoder_embed_dim` (the
-Conv2dSubsampling output dim, which must equal `encoder_dim[0]`).
+Conv2dSubsampling output dim, which must equal `encoder_dim[0]`) and, optionally,
+`encoder_embed_channels` (its three Conv2d layers' channels; icefall's 8, 32, 128 if absent).
 """
 import copy
 from typing import Any, Dict, Mapping, Tuple, Union
@@ -116,6 +117,9 @@ def build_encoder(
     cfg = dict(get_encoder_config(config) if isinstance(config, str) else config)
     encoder_dim = to_int_tuple(cfg["encoder_dim"])
     embed_dim = int(cfg.pop("encoder_embed_dim", encoder_dim[0]))
+    embed_channels = to_int_tuple(cfg.pop("encoder_embed_channels", (8, 32, 128)))
+    if len(embed_channels) != 3:
+        raise ValueError(f"encoder_embed_channels needs one channel count per Conv2d layer (3), got {embed_channels}")
     if embed_dim != encoder_dim[0]:
         raise ValueError(
             f"encoder_embed_dim ({embed_dim}) must equal the first stack's encoder_dim ({encoder_dim[0]})"
@@ -123,6 +127,9 @@ def build_encoder(
     embed = Conv2dSubsampling(
         in_channels=feature_dim,
         out_channels=embed_dim,
+        layer1_channels=embed_channels[0],
+        layer2_channels=embed_channels[1],
+        layer3_channels=embed_channels[2],
         dropout=ScheduledFloat((0.0, 0.3), (20000.0, 0.1)),
         mask_padding=bool(cfg.get("mask_padding", False)),
     )
