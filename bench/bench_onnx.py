@@ -36,7 +36,7 @@ from recipe import RECIPE  # noqa: E402
 
 from icefall_cif.corpora.audit import SAMPLE_RATE  # noqa: E402
 from icefall_cif.data_prep import get_fbank_extractor  # noqa: E402
-from icefall_cif.onnx_pretrained import OnnxCifModel, sherpa_recognizer, sherpa_transcribe  # noqa: E402
+from icefall_cif.onnx_pretrained import REQUIRED_FILES, OnnxCifModel, sherpa_recognizer, sherpa_transcribe  # noqa: E402
 from icefall_cif.pretrained import load_pretrained, read_audio, transcribe  # noqa: E402
 from icefall_cif.scoring import compute_error_stats  # noqa: E402
 from icefall_cif.tokenizer import Tokenizer, read_tokens_txt  # noqa: E402
@@ -89,18 +89,21 @@ def main() -> None:
     runners: Dict[str, Callable[[np.ndarray], str]] = {"pytorch fp32": pytorch}
     sizes = {"pytorch fp32": (args.onnx_dir / "pretrained.pt").stat().st_size}
     for precision, ext in (("fp32", ".onnx"), ("int8", ".int8.onnx")):
-        files = {role: args.onnx_dir / f"{role}-{suffix}{ext}" for role in ("encoder", "decoder", "joiner")}
+        roles = REQUIRED_FILES[model.decoder_type]
+        files = {role: args.onnx_dir / f"{role}-{suffix}{ext}" for role in roles}
         onnx_model = OnnxCifModel(files, num_threads=1)
 
         def ort(samples: np.ndarray, m=onnx_model) -> str:
             feats = extractor.extract(samples[None, :], SAMPLE_RATE)
             return tokenizer.decode(m.transcribe_ids([feats])[0])
 
-        recognizer = sherpa_recognizer(onnx_model, files, args.tokens, num_threads=1)
-        runners[f"onnxruntime {precision}"] = ort
-        runners[f"sherpa-onnx {precision}"] = lambda s, r=recognizer: sherpa_transcribe(r, s)
         size = sum(f.stat().st_size for f in files.values())
-        sizes[f"onnxruntime {precision}"] = sizes[f"sherpa-onnx {precision}"] = size
+        runners[f"onnxruntime {precision}"] = ort
+        sizes[f"onnxruntime {precision}"] = size
+        if model.decoder_type != "cif_ce_ar":  # no sherpa-onnx layout fits the AR decoder
+            recognizer = sherpa_recognizer(onnx_model, files, args.tokens, num_threads=1)
+            runners[f"sherpa-onnx {precision}"] = lambda s, r=recognizer: sherpa_transcribe(r, s)
+            sizes[f"sherpa-onnx {precision}"] = size
 
     hyps: Dict[str, Dict[str, str]] = {name: {} for name in runners}
     seconds: Dict[str, List[float]] = {name: [] for name in runners}

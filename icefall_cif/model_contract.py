@@ -47,7 +47,8 @@ if TYPE_CHECKING:  # icefall_cif.kd builds on this module
 CTC_METHODS: Tuple[str, ...] = ("ctc_greedy_search", "ctc_prefix_beam_search")
 #: The head's beam n-best rescored with the CTC head's log-likelihood (`--ctc-weight`).
 JOINT_BEAM_METHOD = "joint_beam_search"
-#: The CTC head's prefix-beam n-best rescored by the CIF decoder (heads that score any sequence).
+#: The CTC head's prefix-beam n-best rescored by the CIF decoder (models whose decoder scores any
+#: hypothesis: the transducer, or a CE head over CTC-cut vectors).
 CIF_RESCORING_METHOD = "cif_rescoring"
 
 
@@ -78,6 +79,21 @@ class DecoderHead(nn.Module, ABC):
     #: Whether :meth:`sequence_log_probs` scores token sequences of any length over the same CIF
     #: vectors (a transducer can; a CE head emits exactly one token per vector).
     scores_any_length: ClassVar[bool] = False
+    #: Whether :meth:`aligned_log_probs` scores a token sequence on exactly one vector per token,
+    #: cut for that sequence (the CE heads; with CTC-cut vectors this makes cif_rescoring apply).
+    scores_aligned_tokens: ClassVar[bool] = False
+
+    def aligned_log_probs(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N,) sum over u < y_lens[i] of log p(y_iu | vectors, ...), for heads with
+        :attr:`scores_aligned_tokens`; `cif_out` has exactly y_lens[i] vectors per row."""
+        raise NotImplementedError(f"the {self.name} head does not score one token per vector")
 
     def sequence_log_probs(
         self, cif: torch.Tensor, cif_lens: torch.Tensor, y_padded: torch.Tensor, y_lens: torch.Tensor
@@ -294,6 +310,22 @@ class CifModel(Protocol):
     def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
         """(N, T', C) -> (N, T', V) CTC log-probs."""
 
+    @property
+    def scores_hypotheses(self) -> bool:
+        """Whether :meth:`hypothesis_log_probs` (and with it `cif_rescoring`) applies."""
+
+    def hypothesis_log_probs(
+        self,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        utt_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """(H,) log p_CIF(y_h | utterance utt_index[h]): the CIF decoder's score of hypotheses
+        (y_padded (H, U) padded with blank, y_lens (H,)) of the N utterances of encoder_out
+        (N, T', C), comparable across hypotheses of different lengths on the same utterance."""
+
     def num_output_frames(self, num_frames: torch.Tensor) -> torch.Tensor:
         """(N,) feature frames (100 Hz) -> (N,) frames the CIF layer integrates over.
 
@@ -327,7 +359,7 @@ def decoding_methods(model: CifModel) -> List[str]:
     mask-predict searches, the joint CIF + CTC methods (joint_beam_search rescores the head's beam,
     so only a head with beam methods offers it), the CTC head's."""
     head = model.head
-    joint = ([JOINT_BEAM_METHOD] if head.beam_methods else []) + ([CIF_RESCORING_METHOD] if head.scores_any_length else [])
+    joint = ([JOINT_BEAM_METHOD] if head.beam_methods else []) + ([CIF_RESCORING_METHOD] if model.scores_hypotheses else [])
     return ["greedy_search", *head.beam_methods, *head.mask_predict_methods, *joint, *CTC_METHODS]
 
 

@@ -25,7 +25,10 @@ case "$scale" in
     exit 1
     ;;
 esac
-: "${ENCODER_CONFIG:=tiny}" "${DECODER_TYPE:=cif_transducer}" "${BASE_LR:=0.045}"
+# The NAR CE decoder over CTC-cut vectors with the CTC prior: the only decoder whose greedy search
+# beat its own CTC head on both corpora's test sets, and sherpa-onnx runs it (RESULTS.md, "The
+# CTC head as a prior", session 10). DECODER_TYPE=cif_transducer is the earlier default.
+: "${ENCODER_CONFIG:=tiny}" "${DECODER_TYPE:=cif_ce_nar}" "${BASE_LR:=0.045}"
 : "${LR_BATCHES:=2000}" "${LR_EPOCHS:=4}" "${SYNTH_VOCAB:=500}" "${SYNTH_SEED:=0}"
 : "${EXP_DIR:=zipformer_cif/exp-demo-$scale}" "${NUM_PLOTS:=3}"
 # A run of a few hundred batches: a small reference duration takes the encoder's
@@ -37,6 +40,10 @@ esac
 # ctc took the default demo's greedy WER from 36 to 26 (RESULTS.md, "Do the CIF vectors carry
 # their token?").
 : "${CIF_SEGMENTATION:=ctc}"
+# The CE decoders (cif_ce_ar, cif_ce_nar) over CTC-cut vectors add this times the CTC head's
+# log-probs at each vector's spike to their logits (--ce-ctc-prior-scale), and also learn their
+# tokens without it with this weight (--ce-prior-free-scale; docs/cif.md). 0 turns both off.
+: "${CE_CTC_PRIOR_SCALE:=1.0}" "${CE_PRIOR_FREE_SCALE:=1.0}"
 # Extra train.py options for experiments, e.g. TRAIN_OPTS="--cif-align-loss-scale 1.0".
 : "${TRAIN_OPTS:=}"
 # Extra synthesis options (python -m icefall_cif.synth --help), e.g. SYNTH_OPTS="--bigram-successors 4"
@@ -119,6 +126,12 @@ if [ "$DECODER_TYPE" = cif_transducer ]; then
   # icefall's 2000-batch warm-up of the pruned loss is longer than the whole default demo.
   model_opts+=(--warm-step "$WARM_STEP")
 fi
+case "$DECODER_TYPE" in
+  cif_ce_ar|cif_ce_nar)
+    if [ "$CIF_SEGMENTATION" = ctc ] && [ "$CE_CTC_PRIOR_SCALE" != 0 ]; then
+      model_opts+=(--ce-ctc-prior-scale "$CE_CTC_PRIOR_SCALE" --ce-prior-free-scale "$CE_PRIOR_FREE_SCALE")
+    fi ;;
+esac
 # decode.py rebuilds the model from the architecture saved in the checkpoints: no model options.
 
 # Two intra-op threads: alone on the 2-core machine the tiny model trains at 28.6x real time,
@@ -132,13 +145,15 @@ timed "train" env OMP_NUM_THREADS="$NUM_THREADS" "$python" ./zipformer_cif/train
   $TRAIN_OPTS
 
 methods=(greedy_search)
-# The joint CIF + CTC method: the transducer rescores the CTC head's n-best (the CE heads cannot
-# compare hypotheses of different lengths, so they rescore their own beam with the CTC head).
+# The joint CIF + CTC method: the CIF decoder rescores the CTC head's n-best (cif_rescoring; a CE
+# decoder scores each hypothesis on vectors cut at its own alignment, so it needs the CTC cut);
+# over integrate-and-fire vectors the CE decoders rescore their own beam with the CTC head.
 case "$DECODER_TYPE" in
   cif_transducer) methods+=(modified_beam_search cif_rescoring) ;;
   # Mask-CTC's greedy_search is mask_ctc_greedy; its beam is the NAR beam over the unsure tokens.
   mask_ctc) methods+=(mask_ctc_beam_search) ;;
-  *) methods+=(beam_search joint_beam_search) ;;
+  *) if [ "$CIF_SEGMENTATION" = ctc ]; then methods+=(beam_search cif_rescoring)
+     else methods+=(beam_search joint_beam_search); fi ;;
 esac
 # The CTC head on the encoder, for comparison with the CIF decoder.
 methods+=(ctc_greedy_search)

@@ -21,8 +21,8 @@ REFERENCES: List[List[int]] = [[3, 4, 5, 6], [7, 8, 9], [4, 6, 8, 3, 5]]
 NUM_FRAMES = [20, 16, 22]  # encoder frames (25 Hz); CIF sees half of them
 
 
-def tiny_config(decoder_type: str, vocab_size: int = VOCAB_SIZE):
-    """A ModelConfig small enough to overfit in a few seconds on a CPU."""
+def tiny_config(decoder_type: str, vocab_size: int = VOCAB_SIZE, **overrides):
+    """A ModelConfig small enough to overfit in a few seconds on a CPU (`overrides`: other fields)."""
     from model import ModelConfig
 
     return ModelConfig(
@@ -42,14 +42,15 @@ def tiny_config(decoder_type: str, vocab_size: int = VOCAB_SIZE):
         ce_decoder_heads=2,
         ce_decoder_dropout=0.0,
         cif_hidden_dim=32,
+        **overrides,
     )
 
 
-def build_tiny_model(decoder_type: str, vocab_size: int = VOCAB_SIZE) -> nn.Module:
+def build_tiny_model(decoder_type: str, vocab_size: int = VOCAB_SIZE, **overrides) -> nn.Module:
     """An untrained tiny CifAsrModel (eval mode)."""
     from model import get_model
 
-    return get_model(tiny_config(decoder_type, vocab_size)).eval()
+    return get_model(tiny_config(decoder_type, vocab_size, **overrides)).eval()
 
 
 def make_encoder_out(num_frames: List[int], dim: int, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -72,9 +73,11 @@ def decoder_losses(
     y = pad_token_ids(refs, model.blank_id, encoder_out.device)
     y_lens = torch.tensor([len(r) for r in refs], dtype=torch.int64)
     config = config or LossConfig(warm_step=0)
-    cif_out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens)
+    ctc_log_probs = model.ctc_log_probs(encoder_out)
+    cif_out = model.forward_cif(encoder_out, encoder_out_lens, target_lengths=y_lens, targets=y,
+                                ctc_log_probs=ctc_log_probs)
     losses = {
-        "ctc_loss": model.forward_ctc(model.ctc_log_probs(encoder_out), encoder_out_lens, y, y_lens),
+        "ctc_loss": model.forward_ctc(ctc_log_probs, encoder_out_lens, y, y_lens),
         "quantity_loss": cif_out.quantity_loss,
         **model.head.loss(cif_out, encoder_out, encoder_out_lens, y, y_lens, config),
     }
@@ -90,11 +93,13 @@ class OverfitModel:
 
 
 def overfit_tiny_model(
-    decoder_type: str, steps: int = 100, lr: float = 1e-2, seed: int = 0, config: Optional[LossConfig] = None
+    decoder_type: str, steps: int = 100, lr: float = 1e-2, seed: int = 0, config: Optional[LossConfig] = None,
+    **overrides,
 ) -> OverfitModel:
-    """A tiny model trained on REFERENCES (with the loss settings `config`) until it fits them (eval mode)."""
+    """A tiny model (ModelConfig fields `overrides`) trained on REFERENCES (with the loss settings
+    `config`) until it fits them (eval mode)."""
     torch.manual_seed(seed)
-    model = build_tiny_model(decoder_type).train()
+    model = build_tiny_model(decoder_type, **overrides).train()
     encoder_out, lens = make_encoder_out(NUM_FRAMES, model.encoder_dim, seed)
     trainable = [p for name, p in model.named_parameters() if not name.startswith(("encoder.", "encoder_embed."))]
     optimizer = torch.optim.Adam(trainable, lr=lr)
@@ -154,6 +159,15 @@ class FixedCifModel(nn.Module):
     def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
         N, T = encoder_out.shape[:2]
         return torch.full((N, T, self.vocab_size), -math.log(self.vocab_size))
+
+    @property
+    def scores_hypotheses(self) -> bool:
+        # getattr: tests swap in heads that are not DecoderHeads to see check_model refuse them.
+        return getattr(self.head, "scores_any_length", False)
+
+    def hypothesis_log_probs(self, encoder_out, encoder_out_lens, y_padded, y_lens, utt_index) -> torch.Tensor:
+        """The head's score on the fixed vectors (a transducer's)."""
+        return self.head.sequence_log_probs(self.cif[utt_index], self.cif_lens[utt_index], y_padded, y_lens)
 
     def num_output_frames(self, num_frames: torch.Tensor) -> torch.Tensor:
         return num_frames

@@ -21,7 +21,13 @@ import pytest
 import torch
 import torch.nn as nn
 from ce_nar_head import NarCeHead
-from helpers_decode import FixedCifModel, build_tiny_model, cached_overfit_model, make_encoder_out
+from helpers_decode import (
+    FixedCifModel,
+    build_tiny_model,
+    cached_overfit_model,
+    make_encoder_out,
+    overfit_tiny_model,
+)
 
 from icefall_cif.decode.beam_search import lm_hypothesis_scores
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
@@ -30,6 +36,8 @@ from icefall_cif.decode.rescoring import cif_log_likelihoods, ctc_log_likelihood
 from icefall_cif.decode.search import beam_search, decode_batch, is_beam_method
 from icefall_cif.lm import NgramLm, RnnLm, estimate_kneser_ney, train_rnn_lm
 from icefall_cif.model_contract import check_model, decoding_methods
+from icefall_cif.alignment import ctc_forced_align
+from icefall_cif.segments import fill_missing_spikes, pool_segments
 from icefall_cif.utils import AttributeDict
 
 DECODER_TYPES = ["cif_transducer", "cif_ce_ar", "cif_ce_nar"]
@@ -465,7 +473,8 @@ def test_cif_and_ctc_log_likelihoods_equal_naive_references():
     model = fixed_cif_transducer(10, [4, 2], seed=6)
     seqs, utts = [[3, 4], [], [5, 5, 6, 7, 8], [9]], [0, 0, 0, 1]
     with torch.no_grad():
-        got = cif_log_likelihoods(model, None, None, seqs, utts)
+        frames, frame_lens = make_encoder_out([4, 2], 3)  # the fixed model's CIF ignores its frames
+        got = cif_log_likelihoods(model, frames, frame_lens, seqs, utts)
         for (y, i), score in zip(zip(seqs, utts), got.tolist()):
             n = int(model.cif_lens[i])
             assert score == pytest.approx(naive_rnnt_log_prob(model.head, model.cif[i, :n], y), rel=1e-9), y
@@ -510,6 +519,47 @@ def test_joint_methods_reduce_to_their_parts(decoder_type):
         for i, nbest in enumerate(ctc_nbest):
             cif = cif_log_likelihoods(model, encoder_out, lens, [h.tokens for h in nbest], [i] * len(nbest)).tolist()
             assert rescored[i] == nbest[max(range(len(nbest)), key=cif.__getitem__)].tokens
+
+
+@pytest.mark.parametrize("decoder_type,prior_scale", [("cif_ce_ar", 0.0), ("cif_ce_nar", 1.0)])
+def test_cif_rescoring_of_a_ce_head_scores_each_hypothesis_on_its_own_cut(decoder_type, prior_scale):
+    """A CE head over CTC-cut vectors rescores the CTC n-best: each hypothesis on vectors cut at
+    its own forced alignment (not the greedy path's), so hypotheses of any length compare."""
+    fit = overfit_tiny_model(decoder_type, steps=150, cif_segmentation="ctc", ce_ctc_prior_scale=prior_scale)
+    model, encoder_out, lens = fit.model, fit.encoder_out, fit.encoder_out_lens
+    assert "cif_rescoring" in decoding_methods(model)
+    with torch.no_grad():
+        assert decode_batch("cif_rescoring", model, encoder_out, lens, params()) == fit.refs
+        ctc_nbest = ctc_prefix_beam_search(model.ctc_log_probs(encoder_out), lens, 4, model.blank_id)
+        assert decode_batch("cif_rescoring", model, encoder_out, lens, params(num_paths=1)) == [
+            nbest[0].tokens for nbest in ctc_nbest
+        ]
+        rescored = decode_batch("cif_rescoring", model, encoder_out, lens, params(ctc_weight=0.0))
+        log_probs = model.ctc_log_probs(encoder_out)
+        h, h_lens = model.downsample_for_cif(encoder_out, lens)
+        for i, nbest in enumerate(ctc_nbest):
+            seqs = [hyp.tokens for hyp in nbest]
+            batched = cif_log_likelihoods(model, encoder_out, lens, seqs, [i] * len(seqs)).tolist()
+            assert rescored[i] == seqs[max(range(len(seqs)), key=batched.__getitem__)]
+            for seq, score in zip(seqs, batched):
+                # The reference: this hypothesis alone, cut at its forced alignment by hand.
+                y = torch.tensor([seq], dtype=torch.int64)
+                n = torch.tensor([len(seq)])
+                spikes = fill_missing_spikes(ctc_forced_align(log_probs[i : i + 1], lens[i : i + 1], y, n,
+                                                              model.blank_id), n, lens[i : i + 1])
+                pooled = pool_segments(h[i : i + 1], model.cif_predictor.compute_weights(h[i : i + 1], h_lens[i : i + 1]),
+                                       h_lens[i : i + 1], spikes, n, model.cif_downsample_factor)
+                cif_out = model.forward_cif(encoder_out[i : i + 1], lens[i : i + 1], target_lengths=n, targets=y)
+                assert torch.allclose(cif_out.cif, pooled.cif, atol=1e-6)
+                logits = model.head.token_logits(cif_out, encoder_out[i : i + 1], lens[i : i + 1], y, n)
+                alone = logits.double().log_softmax(-1)[0, torch.arange(len(seq)), y[0]].sum().item()
+                assert score == pytest.approx(alone, abs=1e-4), seq
+
+    fire = build_tiny_model(decoder_type)
+    assert "cif_rescoring" not in decoding_methods(fire)
+    with pytest.raises(ValueError, match="--cif-segmentation ctc"):
+        fire.hypothesis_log_probs(encoder_out, lens, torch.tensor([[3], [4], [5]]), torch.tensor([1, 1, 1]),
+                                  torch.arange(3))
 
 
 def test_ctc_prefix_beam_search_equals_brute_force():

@@ -56,9 +56,9 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
-    # The default decoder is the CIF transducer: its beam search is modified_beam_search, its joint
-    # CIF + CTC method cif_rescoring.
-    methods = ("greedy_search", "modified_beam_search", "cif_rescoring", "ctc_greedy_search")
+    # The default decoder is the NAR CE decoder with the CTC prior: its beam search is beam_search,
+    # its joint CIF + CTC method cif_rescoring (the CTC n-best, each hypothesis on its own cut).
+    methods = ("greedy_search", "beam_search", "cif_rescoring", "ctc_greedy_search")
     rows = re.findall(rf"^({'|'.join(methods)})\s+(\S+)\s+([0-9.]+)$", out, flags=re.M)
     assert {(m, s) for m, s, _ in rows} == {(m, s) for m in methods for s in test_sets}
     for method, test_set, rate in rows:
@@ -76,9 +76,14 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert "Epoch 2, validation" in (proc.stdout + proc.stderr)
     # The exported model leaves the repository: ONNX files (int8 too) and the command for them.
     assert (exp_dir / "pretrained.pt").is_file()
-    for part in ("encoder", "decoder", "joiner"):
-        assert (exp_dir / f"{part}-epoch-2-avg-1.onnx").is_file() and (exp_dir / f"{part}-epoch-2-avg-1.int8.onnx").is_file()
-    assert re.search(r"onnx_pretrained\.py --tokens \S+ --runtime sherpa-onnx .*FILE\.\.\.$", out, flags=re.M)
+    assert (exp_dir / "model-epoch-2-avg-1.onnx").is_file() and (exp_dir / "model-epoch-2-avg-1.int8.onnx").is_file()
+    assert re.search(r"onnx_pretrained\.py --tokens \S+ --runtime sherpa-onnx --model-filename .*FILE\.\.\.$", out,
+                     flags=re.M)
+    import torch
+
+    saved = torch.load(exp_dir / "pretrained.pt", map_location="cpu", weights_only=False)
+    assert saved["model_config"]["decoder_type"] == "cif_ce_nar"
+    assert saved["model_config"]["ce_ctc_prior_scale"] == 1.0 and saved["model_config"]["cif_segmentation"] == "ctc"
 
 
 def test_demo_refuses_data_it_did_not_make(tmp_path):

@@ -96,7 +96,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: st
                         "cif_transducer, beam_search[_lm_shallow_fusion] for the CE heads), the mask-predict "
                         "searches (mask_ctc_greedy and mask_ctc_beam_search for mask_ctc, nar_mask_predict and "
                         "nar_beam_search for cif_ce_nar), and the joint CIF + CTC joint_beam_search (heads with a "
-                        "beam search) and cif_rescoring (cif_transducer).")
+                        "beam search) and cif_rescoring (cif_transducer; the CE heads with --cif-segmentation ctc).")
     add_search_arguments(g)
     g.add_argument("--lm-type", type=str, default=None, choices=["ngram", "rnn"],
                    help="LM for shallow fusion / n-best rescoring (trained by local/train_lm.py).")

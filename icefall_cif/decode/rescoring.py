@@ -4,10 +4,11 @@
   n-best rescored as  beam score + ctc_weight * log p_CTC(y). With `--ctc-weight 0` it is the
   plain beam search.
 - `cif_rescoring` (wenet's attention rescoring for CIF): the CTC head's prefix-beam n-best
-  rescored as  log p_CIF(y) + ctc_weight * log p_CTC(y), where p_CIF sums every alignment of y
-  over the CIF vectors at inference. Only heads that score sequences of any length over the same
-  vectors offer it (the transducer); a CE head emits exactly one token per vector, so its
-  scores of hypotheses of different lengths would not be comparable.
+  rescored as  log p_CIF(y) + ctc_weight * log p_CTC(y) (`CifModel.hypothesis_log_probs`): for
+  the transducer p_CIF sums every alignment of y over the CIF vectors at inference; a CE head
+  over CTC-cut vectors scores each y on vectors cut at its own forced alignment. A CE head over
+  integrate-and-fire vectors has one fixed set of vectors for every hypothesis and one token per
+  vector, so it does not offer the method.
 
 Hypotheses are scored in one batch per utterance batch. The names do not start with `ctc_`:
 only methods that use the CTC head alone do.
@@ -52,12 +53,10 @@ def cif_log_likelihoods(
     model: CifModel, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, seqs: List[List[int]],
     utt_index: Sequence[int],
 ) -> torch.Tensor:
-    """(H,) log p_CIF(seqs[h] | the CIF vectors of utterance utt_index[h] at inference)."""
-    cif_out = model.forward_cif(encoder_out, encoder_out_lens)
-    y, y_lens = _padded(seqs, model.blank_id, cif_out.cif.device)
-    scores = model.head.sequence_log_probs(_expand(cif_out.cif, utt_index), _expand(cif_out.cif_lens, utt_index),
-                                           y, y_lens)
-    return scores.to(torch.float64)
+    """(H,) log p_CIF(seqs[h] | utterance utt_index[h]) (`CifModel.hypothesis_log_probs`)."""
+    y, y_lens = _padded(seqs, model.blank_id, encoder_out.device)
+    index = torch.as_tensor(utt_index, dtype=torch.int64, device=y.device)
+    return model.hypothesis_log_probs(encoder_out, encoder_out_lens, y, y_lens, index).to(torch.float64)
 
 
 def rescore_with_ctc(

@@ -7,7 +7,7 @@ The methods a model offers come from its decoder head (`icefall_cif.model_contra
 | greedy_search | every head |
 | the head's `beam_methods` (e.g. modified_beam_search, beam_search) and their `_lm_shallow_fusion` forms | the head |
 | joint_beam_search (the head's beam n-best + `ctc_weight` x CTC log-likelihood) | heads with beam methods (not mask_ctc) |
-| cif_rescoring (the CTC prefix-beam n-best rescored by the CIF decoder, see rescoring.py) | heads that score any sequence (cif_transducer) |
+| cif_rescoring (the CTC prefix-beam n-best rescored by the CIF decoder, see rescoring.py) | cif_transducer; cif_ce_ar and cif_ce_nar with `--cif-segmentation ctc` |
 | ctc_greedy_search, ctc_prefix_beam_search | every model (the CTC head) |
 | the head's `mask_predict_methods` (mask_ctc_greedy, mask_ctc_beam_search; nar_mask_predict, nar_beam_search) | mask_ctc; cif_ce_nar |
 

@@ -322,6 +322,7 @@ class CeHead(DecoderHead):
     #: Whether `--ce-ctc-prior-scale` applies: the searches then take `token_prior` (N, U, V),
     #: the CTC log-probs at the vectors' spikes (`CifPredictorOutput.token_prior`).
     takes_token_prior: ClassVar[bool] = True
+    scores_aligned_tokens = True
     #: The weight of that prior in the logits (0: none; set from the config by the subclasses).
     prior_scale: float = 0.0
 
@@ -388,6 +389,22 @@ class CeHead(DecoderHead):
         """(N, U, V) logits of every target position, teacher-forced, without glancing."""
         states = self.teacher_forced_states(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens, LossConfig())
         return self.with_prior(self.ce_decoder.output_linear(states), cif_out.token_prior)
+
+    def aligned_log_probs(
+        self,
+        cif_out: CifPredictorOutput,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """(N,) sum of the teacher-forced log-probs of y (the prior included, as in decoding)."""
+        if y_padded.size(1) == 0:
+            return encoder_out.new_zeros(y_padded.size(0))
+        logits = self.token_logits(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens)
+        log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1)
+        picked = log_probs.gather(2, y_padded.unsqueeze(2)).squeeze(2)  # (N, U)
+        return picked.masked_fill(make_pad_mask(y_lens, y_padded.size(1)), 0.0).sum(dim=1)
 
     def loss_and_token_logits(
         self,

@@ -361,6 +361,44 @@ class CifAsrModel(nn.Module):
         prior = spike_log_probs(log_probs, spikes) if self._reads_token_prior(self.head) else None
         return CifPredictorOutput(out.cif, out.cif_lens, alpha, out.fire_frames, quantity, prior)
 
+    @property
+    def scores_hypotheses(self) -> bool:
+        """Whether :meth:`hypothesis_log_probs` applies: a head that scores any sequence on the
+        inference vectors (the transducer), or a CE head over CTC-cut vectors."""
+        return self.head.scores_any_length or (self.cif_segmentation == "ctc" and self.head.scores_aligned_tokens)
+
+    def hypothesis_log_probs(
+        self,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+        utt_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """(H,) log p_CIF(y_h | utterance utt_index[h]) (cif_rescoring's score).
+
+        The transducer sums every alignment of y over the inference vectors. A CE head over
+        CTC-cut vectors scores y on vectors cut at y's own CTC forced alignment, as in training:
+        one vector per token, so hypotheses of different lengths each get their own cut, and
+        the scores compare as wenet's attention rescoring compares them (sums of per-token
+        log-probs, no length normalisation).
+
+        Args:
+          encoder_out: (N, T', C); encoder_out_lens (N,).
+          y_padded: (H, U) token ids padded with blank; y_lens (H,).
+          utt_index: (H,) the utterance of each hypothesis.
+        """
+        if self.head.scores_any_length:
+            cif_out = self.forward_cif(encoder_out, encoder_out_lens)
+            return self.head.sequence_log_probs(cif_out.cif[utt_index], cif_out.cif_lens[utt_index], y_padded, y_lens)
+        if not self.scores_hypotheses:
+            raise ValueError(f"the {self.head.name} head scores one token per vector; it can score a hypothesis "
+                             f"only on vectors cut for it, which needs --cif-segmentation ctc (this model: "
+                             f"{self.cif_segmentation})")
+        frames, frame_lens = encoder_out[utt_index], encoder_out_lens[utt_index]
+        cif_out = self.forward_cif(frames, frame_lens, target_lengths=y_lens, targets=y_padded)
+        return self.head.aligned_log_probs(cif_out, frames, frame_lens, y_padded, y_lens)
+
     def forward_cif_as_decoded(
         self, encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, y_lens: torch.Tensor
     ) -> CifPredictorOutput:
