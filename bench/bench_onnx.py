@@ -88,8 +88,8 @@ def main() -> None:
 
     runners: Dict[str, Callable[[np.ndarray], str]] = {"pytorch fp32": pytorch}
     sizes = {"pytorch fp32": (args.onnx_dir / "pretrained.pt").stat().st_size}
+    roles = REQUIRED_FILES[model.decoder_type]
     for precision, ext in (("fp32", ".onnx"), ("int8", ".int8.onnx")):
-        roles = REQUIRED_FILES[model.decoder_type]
         files = {role: args.onnx_dir / f"{role}-{suffix}{ext}" for role in roles}
         onnx_model = OnnxCifModel(files, num_threads=1)
 

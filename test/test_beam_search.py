@@ -29,6 +29,7 @@ from helpers_decode import (
     overfit_tiny_model,
 )
 
+from icefall_cif.alignment import ctc_forced_align
 from icefall_cif.decode.beam_search import lm_hypothesis_scores
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import greedy_search
@@ -36,7 +37,6 @@ from icefall_cif.decode.rescoring import cif_log_likelihoods, ctc_log_likelihood
 from icefall_cif.decode.search import beam_search, decode_batch, is_beam_method
 from icefall_cif.lm import NgramLm, RnnLm, estimate_kneser_ney, train_rnn_lm
 from icefall_cif.model_contract import check_model, decoding_methods
-from icefall_cif.alignment import ctc_forced_align
 from icefall_cif.segments import fill_missing_spikes, pool_segments
 from icefall_cif.utils import AttributeDict
 

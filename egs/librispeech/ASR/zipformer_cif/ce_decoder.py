@@ -399,8 +399,6 @@ class CeHead(DecoderHead):
         y_lens: torch.Tensor,
     ) -> torch.Tensor:
         """(N,) sum of the teacher-forced log-probs of y (the prior included, as in decoding)."""
-        if y_padded.size(1) == 0:
-            return encoder_out.new_zeros(y_padded.size(0))
         logits = self.token_logits(cif_out, encoder_out, encoder_out_lens, y_padded, y_lens)
         log_probs = logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(dim=-1)
         picked = log_probs.gather(2, y_padded.unsqueeze(2)).squeeze(2)  # (N, U)

@@ -396,7 +396,10 @@ class CifAsrModel(nn.Module):
                              f"only on vectors cut for it, which needs --cif-segmentation ctc (this model: "
                              f"{self.cif_segmentation})")
         frames, frame_lens = encoder_out[utt_index], encoder_out_lens[utt_index]
-        cif_out = self.forward_cif(frames, frame_lens, target_lengths=y_lens, targets=y_padded)
+        # The CTC head once per utterance, not once per hypothesis: its alignments only differ in y.
+        ctc_log_probs = self.ctc_log_probs(encoder_out)[utt_index]
+        cif_out = self.forward_cif(frames, frame_lens, target_lengths=y_lens, targets=y_padded,
+                                   ctc_log_probs=ctc_log_probs)
         return self.head.aligned_log_probs(cif_out, frames, frame_lens, y_padded, y_lens)
 
     def forward_cif_as_decoded(
