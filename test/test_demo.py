@@ -12,16 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from icefall_cif.onnx_export import model_file_option
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 @pytest.mark.parametrize(
-    "corpus, test_sets",
-    [("librispeech", ("test-clean", "dev-clean")), ("aishell", ("test", "dev"))],
+    "corpus, test_sets, decoder_type",
+    [("librispeech", ("test-clean", "dev-clean"), "cif_ce_nar"), ("aishell", ("test", "dev"), "cif_ce_ar")],
 )
-def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
+def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets, decoder_type):
     recipe = tmp_path / "ASR"
     recipe.mkdir()
     src = REPO / "egs" / corpus / "ASR"
@@ -56,8 +58,9 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
 
-    # The default decoder is the NAR CE decoder with the CTC prior: its beam search is beam_search,
-    # its joint CIF + CTC method cif_rescoring (the CTC n-best, each hypothesis on its own cut).
+    # The default decoder is a CE decoder with the CTC prior (NAR for LibriSpeech, AR for AISHELL):
+    # its beam search is beam_search, its joint CIF + CTC method cif_rescoring (the CTC n-best, each
+    # hypothesis on its own cut).
     methods = ("greedy_search", "beam_search", "cif_rescoring", "ctc_greedy_search")
     rows = re.findall(rf"^({'|'.join(methods)})\s+(\S+)\s+([0-9.]+)$", out, flags=re.M)
     assert {(m, s) for m, s, _ in rows} == {(m, s) for m in methods for s in test_sets}
@@ -76,13 +79,17 @@ def test_demo_runs_end_to_end_and_prints_the_table(tmp_path, corpus, test_sets):
     assert "Epoch 2, validation" in (proc.stdout + proc.stderr)
     # The exported model leaves the repository: ONNX files (int8 too) and the command for them.
     assert (exp_dir / "pretrained.pt").is_file()
-    assert (exp_dir / "model-epoch-2-avg-1.onnx").is_file() and (exp_dir / "model-epoch-2-avg-1.int8.onnx").is_file()
-    assert re.search(r"onnx_pretrained\.py --tokens \S+ --runtime sherpa-onnx --model-filename .*FILE\.\.\.$", out,
-                     flags=re.M)
+    # sherpa-onnx runs the NAR decoder in one graph; the AR decoder's encoder and decoder step
+    # run under onnxruntime with our search.
+    roles, runtime = (("model",), "sherpa-onnx") if decoder_type == "cif_ce_nar" else (("encoder", "decoder"), "onnxruntime")
+    for role in roles:
+        assert (exp_dir / f"{role}-epoch-2-avg-1.onnx").is_file() and (exp_dir / f"{role}-epoch-2-avg-1.int8.onnx").is_file()
+    options = " ".join(rf"{model_file_option(role)} \S+{role}-epoch-2-avg-1\.onnx" for role in roles)
+    assert re.search(rf"onnx_pretrained\.py --tokens \S+ --runtime {runtime} {options} FILE\.\.\.$", out, flags=re.M)
     import torch
 
     saved = torch.load(exp_dir / "pretrained.pt", map_location="cpu", weights_only=False)
-    assert saved["model_config"]["decoder_type"] == "cif_ce_nar"
+    assert saved["model_config"]["decoder_type"] == decoder_type
     assert saved["model_config"]["ce_ctc_prior_scale"] == 1.0 and saved["model_config"]["cif_segmentation"] == "ctc"
 
 
