@@ -2,8 +2,8 @@
 # The main job, end to end, on a synthetic corpus in the real layout:
 #   synthesize -> prepare.sh (manifests, fbank, tokens) -> train.py -> decode.py -> WER/CER table.
 # Each recipe's run_demo.sh calls it from egs/<corpus>/ASR as `demo.sh <corpus>`.
-# DEMO_SCALE=default (18-21 minutes on 2 CPU cores) or large (93 minutes on 2 CPU cores, measured
-# from a fresh clone; see egs/librispeech/ASR/RESULTS.md).
+# DEMO_SCALE=default (18-21 minutes on 2 CPU cores) or large (93-95 minutes on 2 CPU cores, measured
+# from fresh clones; see egs/librispeech/ASR/RESULTS.md).
 # Any variable below can be overridden from the environment, e.g. NUM_EPOCHS=3 ./run_demo.sh.
 
 set -euo pipefail
