@@ -18,7 +18,7 @@ case "$scale" in
     ;;
   large)
     : "${SYNTH_HOURS:=4}" "${SYNTH_DEV_HOURS:=0.3}" "${SYNTH_TEST_HOURS:=0.5}"
-    : "${NUM_EPOCHS:=10}" "${AVG:=4}" "${MAX_DURATION:=15}"
+    : "${NUM_EPOCHS:=10}" "${AVG:=3}" "${MAX_DURATION:=15}"
     ;;
   *)
     echo "Unknown DEMO_SCALE=$scale (use default or large)" >&2
