@@ -67,6 +67,13 @@ class DecoderHead(nn.Module, ABC):
     #: The `--decoding-method` names :meth:`mask_predict_search` serves (its unsure tokens
     #: re-predicted, icefall_cif.decode.mask_predict); a name containing `beam_search` keeps an n-best.
     mask_predict_methods: ClassVar[Tuple[str, ...]] = ()
+    #: The threshold and rounds of those searches when decode.py is given no `--mask-threshold` /
+    #: `--mask-iterations` (each head's were chosen on the demo's dev sets; ESPnet's 0.999 / 10
+    #: mask most tokens of a demo-sized model).
+    mask_predict_defaults: ClassVar[MaskPredictOptions] = MaskPredictOptions()
+    #: The mask-predict method that `greedy_search` stands for, so that it reads the same options
+    #: (Mask-CTC has no search over CIF vectors); None: :meth:`greedy_search` itself.
+    greedy_mask_predict_method: ClassVar[Optional[str]] = None
     #: Whether the searches read the CTC head's output. If so, the decode dispatch passes
     #: `ctc_log_probs=model.ctc_log_probs(encoder_out)`, (N, T', V), to :meth:`greedy_search` and
     #: :meth:`mask_predict_search`, and the index :meth:`greedy_search` returns is each token's

@@ -6,6 +6,7 @@
 - CTC greedy tokens with confidences equal ctc_greedy_search, with ESPnet's confidence.
 - export-onnx.py refuses a mask_ctc model, naming the decoder type.
 - The head: nothing masked (--mask-threshold 0) gives the CTC greedy output; beam 1 equals greedy;
+  greedy_search is mask_ctc_greedy with the same options, which default to the head's;
   a tiny model overfit to three utterances decodes them with every method it offers, also with
   every token masked; the loss is the CE at the masked positions only; bad options are errors
   that name the option.
@@ -20,6 +21,7 @@ from mask_ctc_head import cmlm_loss, sample_cmlm_mask
 
 from icefall_cif.config import LossConfig, config_to_dict
 from icefall_cif.decode.greedy import ctc_greedy_search, ctc_greedy_tokens, greedy_search
+from icefall_cif.decode.loop import results_key
 from icefall_cif.decode.mask_predict import MASK, mask_predict_beam, mask_predict_greedy
 from icefall_cif.decode.search import decode_batch
 from icefall_cif.model_contract import decoding_methods
@@ -170,11 +172,33 @@ def test_nothing_masked_is_ctc_greedy_and_beam_one_is_greedy(seed):
         beam = decode_batch("mask_ctc_beam_search", model, encoder_out, lens,
                             params(beam_size=1, mask_iterations=3))
         assert beam == greedy
-        # greedy_search is mask_ctc_greedy with the default options; its times are the CTC frames.
+        # greedy_search is mask_ctc_greedy with the head's default options; its times are the CTC frames.
         result = greedy_search(model, encoder_out, lens, return_timestamps=True)
         assert result.hyps == decode_batch("mask_ctc_greedy", model, encoder_out, lens, params())
         first = ctc_greedy_tokens(model.ctc_log_probs(encoder_out), lens)
         assert result.timestamps == [row[:n] for row, n in zip(first.frames.tolist(), first.lens.tolist())]
+
+
+def test_greedy_search_reads_the_mask_options_which_default_to_the_heads():
+    torch.manual_seed(2)
+    model = build_tiny_model("mask_ctc")
+    encoder_out, lens = make_encoder_out([24, 9, 17], model.encoder_dim, 2)
+    with torch.no_grad():
+        outputs = []
+        for threshold in (0.0, 1.0):
+            options = params(mask_threshold=threshold, mask_iterations=2)
+            outputs.append(decode_batch("greedy_search", model, encoder_out, lens, options))
+            assert outputs[-1] == decode_batch("mask_ctc_greedy", model, encoder_out, lens, options), threshold
+        assert outputs[0] != outputs[1]
+        # No option given (decode.py's None): the head's 0.3 and 10 rounds.
+        unset = params(mask_threshold=None, mask_iterations=None)
+        for method in METHODS:
+            assert decode_batch(method, model, encoder_out, lens, unset) == decode_batch(
+                method, model, encoder_out, lens, params(mask_threshold=0.3, mask_iterations=10)), method
+    key = results_key(AttributeDict(unset, decoding_method="greedy_search"), model.head)
+    assert key == "mask_ctc_greedy_mask_threshold_0.3_iterations_10"
+    key = results_key(AttributeDict(unset, decoding_method="mask_ctc_beam_search", mask_threshold=0.5), model.head)
+    assert key == "beam_size_4_mask_threshold_0.5_iterations_10_ctc_weight_0.5"
 
 
 @pytest.fixture(scope="module")

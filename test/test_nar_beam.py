@@ -2,6 +2,7 @@
 
 - Nothing masked (--mask-threshold 0): both are the one-pass greedy search.
 - The beam with --beam-size 1 is `nar_mask_predict`.
+- Options not given take the head's defaults (threshold 0.9, one round).
 - The re-predicted positions see the other tokens (`known_tokens`), not their CIF vectors alone.
 - A tiny model overfit (with the glancing sampler) to three utterances decodes them, also with
   every position re-predicted.
@@ -12,6 +13,7 @@ from helpers_decode import build_tiny_model, make_encoder_out, overfit_tiny_mode
 
 from icefall_cif.config import LossConfig
 from icefall_cif.decode.greedy import greedy_search
+from icefall_cif.decode.loop import results_key
 from icefall_cif.decode.search import decode_batch, is_beam_method
 from icefall_cif.model_contract import decoding_methods
 from icefall_cif.utils import AttributeDict
@@ -86,3 +88,16 @@ def test_bad_option_names_it():
         decode_batch("nar_beam_search", model, encoder_out, lens, params(mask_threshold=2.0))
     with pytest.raises(ValueError, match="--mask-iterations must be >= 1"):
         decode_batch("nar_mask_predict", model, encoder_out, lens, params(mask_iterations=0))
+
+
+def test_unset_mask_options_take_the_heads_defaults():
+    model, encoder_out, lens = random_case(3)
+    unset = params(mask_threshold=None, mask_iterations=None)
+    with torch.no_grad():
+        for method in METHODS:
+            assert decode_batch(method, model, encoder_out, lens, unset) == decode_batch(
+                method, model, encoder_out, lens, params(mask_threshold=0.9, mask_iterations=1)), method
+    key = results_key(AttributeDict(unset, decoding_method="nar_mask_predict"), model.head)
+    assert key == "nar_mask_predict_mask_threshold_0.9_iterations_1"
+    # greedy_search stays the one-pass search of this head, whatever the mask options.
+    assert results_key(AttributeDict(unset, decoding_method="greedy_search"), model.head) == "greedy_search"

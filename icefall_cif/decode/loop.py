@@ -32,9 +32,8 @@ from icefall_cif.checkpoint import (
 )
 from icefall_cif.config import add_config_arguments, config_fields, config_from_dict, config_from_options, option_name
 from icefall_cif.datamodule import AsrDataModule
-from icefall_cif.decode.mask_predict import DEFAULT_ITERATIONS, DEFAULT_THRESHOLD
-from icefall_cif.decode.search import decode_batch
-from icefall_cif.model_contract import check_model, decoding_methods
+from icefall_cif.decode.search import decode_batch, search_options
+from icefall_cif.model_contract import DecoderHead, check_model, decoding_methods
 from icefall_cif.recipe import Recipe
 from icefall_cif.scoring import save_results, write_fire_counts
 from icefall_cif.tokenizer import Tokenizer, check_token_table
@@ -77,13 +76,15 @@ def add_search_arguments(g) -> None:
                    help="joint_beam_search, cif_rescoring and the mask-predict beams (mask_ctc_beam_search, "
                         "nar_beam_search): weight of the CTC head's log-likelihood next to the decoder's score "
                         "(0 = the decoder alone).")
-    g.add_argument("--mask-threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help="Mask-predict searches (mask_ctc_*, nar_mask_predict, nar_beam_search): tokens of the first "
-                        "guess whose confidence is below this are re-predicted; in [0, 1], 0 = none (ESPnet's "
-                        f"Mask-CTC uses {DEFAULT_THRESHOLD}).")
-    g.add_argument("--mask-iterations", type=int, default=DEFAULT_ITERATIONS,
+    g.add_argument("--mask-threshold", type=float, default=None,
+                   help="Mask-predict searches (mask_ctc_* and mask_ctc's greedy_search, nar_mask_predict, "
+                        "nar_beam_search): tokens of the first guess whose confidence is below this are "
+                        "re-predicted; in [0, 1], 0 = none. Default: the head's (mask_ctc 0.3, cif_ce_nar 0.9, "
+                        "chosen on the demo's dev-clean; ESPnet's Mask-CTC uses 0.999).")
+    g.add_argument("--mask-iterations", type=int, default=None,
                    help="Mask-predict searches: the most rounds of re-prediction; M re-predicted tokens are filled "
-                        "ceil(M / min(this, M)) per round, the most confident first.")
+                        "ceil(M / min(this, M)) per round, the most confident first. Default: the head's "
+                        "(mask_ctc 10, cif_ce_nar 1).")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser, default_lang_dir: str) -> None:
@@ -281,12 +282,16 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], params: Attri
         ) from None
 
 
-def results_key(params: AttributeDict, mask_predict_methods: Tuple[str, ...] = ()) -> str:
+def results_key(params: AttributeDict, head: DecoderHead) -> str:
     """Name of a decoding setting inside the result files, as icefall spells it; a mask-predict
-    method (one of the head's `mask_predict_methods`) adds its threshold and iterations."""
+    method (one of the head's `mask_predict_methods`, or the one its greedy_search stands for)
+    adds its threshold and iterations (the head's defaults where `params` has None)."""
     method = params.decoding_method
-    if method in mask_predict_methods:
-        mask = f"mask_threshold_{params.mask_threshold}_iterations_{params.mask_iterations}"
+    if method == "greedy_search" and head.greedy_mask_predict_method is not None:
+        method = head.greedy_mask_predict_method
+    if method in head.mask_predict_methods:
+        opts = search_options(params, head)
+        mask = f"mask_threshold_{opts.mask_threshold}_iterations_{opts.mask_iterations}"
         if "beam_search" not in method:
             return f"{method}_{mask}"
         return f"beam_size_{params.beam_size}_{mask}_ctc_weight_{params.ctc_weight}" + (
@@ -453,7 +458,7 @@ def run_decoding(args: argparse.Namespace, recipe: Recipe) -> Dict[str, float]:
     lm = load_lm(params, device)
 
     error_rates = {}
-    key = results_key(params, model.head.mask_predict_methods)
+    key = results_key(params, model.head)
     for name in recipe.test_sets:
         dl = datamodule.test_dataloaders(datamodule.load_cuts(name))
         plot_dir = params.res_dir / f"cif-plots-{name}" if params.num_plots > 0 else None

@@ -4,7 +4,7 @@ The methods a model offers come from its decoder head (`icefall_cif.model_contra
 
 | method | offered by |
 | --- | --- |
-| greedy_search | every head |
+| greedy_search | every head (mask_ctc: its mask_ctc_greedy) |
 | the head's `beam_methods` (e.g. modified_beam_search, beam_search) and their `_lm_shallow_fusion` forms | the head |
 | joint_beam_search (the head's beam n-best + `ctc_weight` x CTC log-likelihood) | heads with beam methods (not mask_ctc) |
 | cif_rescoring (the CTC prefix-beam n-best rescored by the CIF decoder, see rescoring.py) | cif_transducer; cif_ce_ar and cif_ce_nar with `--cif-segmentation ctc` |
@@ -12,7 +12,8 @@ The methods a model offers come from its decoder head (`icefall_cif.model_contra
 | the head's `mask_predict_methods` (mask_ctc_greedy, mask_ctc_beam_search; nar_mask_predict, nar_beam_search) | mask_ctc; cif_ce_nar |
 
 A mask-predict search (`mask_predict.py`) re-predicts the tokens of a first guess whose confidence is
-below `params.mask_threshold`, in at most `params.mask_iterations` rounds; its beam form (a name
+below `params.mask_threshold`, in at most `params.mask_iterations` rounds (by default the head's
+`mask_predict_defaults`); its beam form (a name
 with `beam_search`, `params.beam_size` hypotheses) ranks its final n-best by score +
 `params.ctc_weight` x log p_CTC(y).
 
@@ -26,14 +27,21 @@ import torch
 from icefall_cif.decode.beam_search import NBest, best_hyps, rescore_nbest
 from icefall_cif.decode.ctc import ctc_prefix_beam_search
 from icefall_cif.decode.greedy import ctc_greedy_search, greedy_search
-from icefall_cif.decode.mask_predict import DEFAULT_ITERATIONS, DEFAULT_THRESHOLD, MaskPredictOptions, check_options
+from icefall_cif.decode.mask_predict import MaskPredictOptions, check_options
 from icefall_cif.decode.rescoring import add_ctc_scores, rescore_with_cif, rescore_with_ctc
 from icefall_cif.model_contract import CIF_RESCORING_METHOD, JOINT_BEAM_METHOD, CifModel, decoding_methods
 from icefall_cif.utils import AttributeDict
 
-DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3, ctc_weight=0.5,
-                mask_threshold=DEFAULT_THRESHOLD, mask_iterations=DEFAULT_ITERATIONS)
+DEFAULTS = dict(beam_size=4, lm_scale=0.3, nbest_scale=0.0, num_paths=4, max_sym_per_frame=3, ctc_weight=0.5)
 JOINT_METHODS = (JOINT_BEAM_METHOD, CIF_RESCORING_METHOD)
+
+
+def search_options(params: AttributeDict, head) -> AttributeDict:
+    """The search options of `params`, a missing or None one taking its default: DEFAULTS, and
+    the head's `mask_predict_defaults` for mask_threshold and mask_iterations."""
+    defaults = dict(DEFAULTS, mask_threshold=head.mask_predict_defaults.threshold,
+                    mask_iterations=head.mask_predict_defaults.iterations)
+    return AttributeDict({k: v if params.get(k) is None else params[k] for k, v in defaults.items()})
 
 
 def is_beam_method(method: str) -> bool:
@@ -108,8 +116,8 @@ def decode_batch(
       encoder_out: (N, T', C) from `model.forward_encoder`.
       encoder_out_lens: (N,) valid frames.
       params: options; reads beam_size, lm_scale, nbest_scale, num_paths, max_sym_per_frame,
-        ctc_weight, mask_threshold, mask_iterations (missing ones take DEFAULTS); the blank id is
-        the model's.
+        ctc_weight, mask_threshold, mask_iterations (missing or None ones take their defaults,
+        `search_options`); the blank id is the model's.
       lm: an `icefall_cif.lm` LM; needed by *_lm_shallow_fusion and by nbest_scale > 0.
     Returns:
       N token-id lists.
@@ -119,7 +127,7 @@ def decode_batch(
         raise ValueError(
             f"--decoding-method {method} is not offered by decoder type '{model.head.name}'; use one of {offered}"
         )
-    opts = AttributeDict({k: params.get(k, v) for k, v in DEFAULTS.items()})
+    opts = search_options(params, model.head)
     rescore = opts.nbest_scale > 0
     if rescore and not is_beam_method(method):
         raise ValueError(
@@ -133,6 +141,8 @@ def decode_batch(
             + " needs an LM: pass --lm-type and --lm-path (train one with local/train_lm.py)"
         )
 
+    if method == "greedy_search" and model.head.greedy_mask_predict_method is not None:
+        method = model.head.greedy_mask_predict_method
     if method == "greedy_search":
         return greedy_search(model, encoder_out, encoder_out_lens, max_sym_per_frame=opts.max_sym_per_frame)
     if method == "ctc_greedy_search":

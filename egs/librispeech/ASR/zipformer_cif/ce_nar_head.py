@@ -54,6 +54,8 @@ class NarCeHead(CeHead):
 
     name = "cif_ce_nar"
     mask_predict_methods = ("nar_mask_predict", "nar_beam_search")
+    # One round over the tokens below 0.9: chosen on dev-clean for the beam (LibriSpeech RESULTS.md, issue 17).
+    mask_predict_defaults = MaskPredictOptions(threshold=0.9, iterations=1)
 
     def __init__(self, ce_decoder: NarCeDecoder, blank_id: int, prior_scale: float = 0.0):
         super().__init__()

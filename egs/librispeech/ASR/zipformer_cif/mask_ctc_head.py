@@ -13,7 +13,7 @@ CIF vectors, so its outputs have the CTC greedy output's length.
 Decoding (icefall_cif.decode.mask_predict): the tokens whose confidence (their CTC posterior,
 maximised over the frames their run of argmax frames covers) is below `--mask-threshold` are
 hidden and filled in at most `--mask-iterations` rounds, greedily (`mask_ctc_greedy`;
-`greedy_search` is it with the default options) or with a beam (`mask_ctc_beam_search`). The
+`greedy_search` is it) or with a beam (`mask_ctc_beam_search`). The
 CMLM never picks blank: a hidden position stands for a token of the CTC output.
 """
 from typing import Any, Dict, List, Optional, Tuple
@@ -140,6 +140,9 @@ class MaskCtcHead(DecoderHead):
     # which rescores them) do not apply.
     beam_methods = ()
     mask_predict_methods = ("mask_ctc_greedy", "mask_ctc_beam_search")
+    # Threshold 0.3: the best of 0.1-0.999 on dev-clean for the beam (LibriSpeech RESULTS.md, issue 17).
+    mask_predict_defaults = MaskPredictOptions(threshold=0.3)
+    greedy_mask_predict_method = "mask_ctc_greedy"
     loss_names = ("cmlm_loss",)
     reads_ctc = True
 
@@ -234,9 +237,9 @@ class MaskCtcHead(DecoderHead):
         max_sym_per_frame: int,
         ctc_log_probs: Optional[torch.Tensor] = None,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`mask_ctc_greedy` with the default options; returns tokens (N, L) and each token's first
-        CTC frame (N, L), -1 at padding. The CIF vectors and `max_sym_per_frame` are not read."""
-        options = MaskPredictOptions()
+        """`mask_ctc_greedy` with the head's default options; returns tokens (N, L) and each token's
+        first CTC frame (N, L), -1 at padding. The CIF vectors and `max_sym_per_frame` are not read."""
+        options = self.mask_predict_defaults
         first, masked = self._first_guess(ctc_log_probs, encoder_out_lens, options.threshold)
         tokens, _ = mask_predict_greedy(
             self._predictor(first.lens, encoder_out, encoder_out_lens), masked, first.lens, options.iterations
