@@ -165,7 +165,9 @@ def test_substituted_model_computes_the_same_and_leaves_the_model_alone():
             expected = model.forward_encoder(x, x_lens)
             got = substituted.forward_encoder(x, x_lens)
         assert torch.equal(got[1], expected[1])
-        torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=0)
+        # The folded biases and channels-last MatMuls round differently from the original ops, by
+        # how much depends on the CPU's kernels: 1.7e-5 was seen on an AVX2-only machine.
+        torch.testing.assert_close(got[0], expected[0], atol=ENCODER_ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------
